@@ -1,0 +1,34 @@
+# `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.scoregeo-installed
+
+.PHONY: setup weights run test test-slow bench clean-venv
+
+setup: $(STAMP) weights
+
+# The constraints file keeps pip on the CPU build of torch.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Offline metric weights (LPIPS trunks, FID Inception); idempotent.
+weights: $(STAMP)
+	$(BIN)/scoregeo weights
+
+run: setup
+	$(BIN)/scoregeo run
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/scoregeo bench
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,70 @@
+"""The ``scoregeo`` command: a thin dispatcher over subcommands.
+
+Each subcommand lives in its own module exposing ``main(argv: list[str]) -> int``; the
+module is imported only when its subcommand runs, so ``scoregeo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function", one-line help); the function takes (argv, prog) -> exit code
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("scoregeo_cli.app:main", "run an experiment (Hydra overrides follow; -m for a sweep)"),
+    "train": ("scoregeo_cli.app:train_main", "train a score backbone for an experiment"),
+    "bench": ("scoregeo_cli.bench:main", "solver benchmark: score evaluations, time, error"),
+    "reproduce": ("scoregeo_cli.tables:reproduce_main",
+                  "run the sweeps behind a paper table, then render it"),
+    "tables": ("scoregeo_cli.tables:tables_main", "render every table and figure from outputs/"),
+    "weights": ("scoregeo_cli.weights:main", "provision offline LPIPS and Inception weights"),
+    "lpips": ("scoregeo_cli.metrics.commands:lpips_main", "LPIPS distance between two image files"),
+    "fid": ("scoregeo_cli.metrics.commands:fid_main", "FID (and KID) between two folders of images"),
+}
+
+USAGE = """usage: scoregeo <command> [args]
+
+commands:
+{commands}
+
+`scoregeo <command> --help` describes one command. Examples:
+  scoregeo run experiment=sphere
+  scoregeo run -m experiment=sphere metric.lam=10,1000 seed=0,1
+  scoregeo reproduce table_synthetic
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from scoregeo_cli import __version__
+
+        print(f"scoregeo {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"scoregeo: unknown command '{name}'; choose one of: {', '.join(SUBCOMMANDS)}",
+              file=sys.stderr)
+        return 2
+    module_name, function_name = SUBCOMMANDS[name][0].split(":")
+    command = getattr(importlib.import_module(module_name), function_name)
+    from scoregeo_cli.errors import ScoregeoError
+
+    try:
+        return int(command(rest, prog=f"scoregeo {name}") or 0)
+    except ScoregeoError as err:
+        print(f"scoregeo {name}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

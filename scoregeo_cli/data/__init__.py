@@ -1,0 +1,1 @@
+"""Datasets: manifolds and pairs of endpoints with ground truth where it is known."""

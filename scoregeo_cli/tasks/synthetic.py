@@ -1,0 +1,134 @@
+"""Geodesics on synthetic manifolds whose true geodesics are known.
+
+For P pairs (a, b) on the manifold: the score-metric geodesic (one batched solve), LERP and
+SLERP with the same number of nodes; then extrapolation beyond b by shooting along the
+geodesic equation, against the straight continuation of LERP and the continuation of
+SLERP. Every path is scored against the ground truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from scoregeo_cli.baselines import lerp, slerp, slerp_at
+from scoregeo_cli.build import build_metric, build_score
+from scoregeo_cli.data.synthetic import polyline_distance
+from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.extrapolate import end_tangent, linear_extrapolation
+from scoregeo_cli.results import row
+
+INTERPOLATION_METRICS = ["geodesic_error_max", "geodesic_error_mean", "manifold_distance_max",
+                         "length_ratio", "energy", "score_evals", "seconds"]
+EXTRAPOLATION_METRICS = ["extrapolation_error_max"]
+BASELINES = ("lerp", "slerp")
+
+
+def validate_manifold(cfg: DictConfig) -> None:
+    d = cfg.dataset
+    if "intrinsic_dim" in d:
+        if d.intrinsic_dim < 1:
+            raise ScoregeoError(f"dataset.intrinsic_dim must be >= 1, got {d.intrinsic_dim}")
+        if d.intrinsic_dim >= d.ambient_dim:
+            raise ScoregeoError(f"dataset.intrinsic_dim must be below dataset.ambient_dim "
+                                f"(d < D), got d={d.intrinsic_dim}, D={d.ambient_dim}")
+    elif d.ambient_dim < 2:
+        raise ScoregeoError(f"dataset.ambient_dim must be >= 2 for a plane curve, got {d.ambient_dim}")
+    if "density" in d and d.density not in ("uniform", "von_mises"):
+        raise ScoregeoError(f"dataset.density must be 'uniform' or 'von_mises', got '{d.density}'")
+    lo, hi = d.angle_range
+    if not 0 < lo <= hi < 180:
+        raise ScoregeoError(f"dataset.angle_range must satisfy 0 < low <= high < 180 degrees, got {list(d.angle_range)}")
+    if "sigma" in cfg.score and not cfg.score.sigma > 0:
+        raise ScoregeoError(f"score.sigma must be positive, got {cfg.score.sigma}")
+    if cfg.n_pairs < 1:
+        raise ScoregeoError(f"n_pairs must be at least 1, got {cfg.n_pairs}")
+
+
+def segment_length(path: torch.Tensor) -> torch.Tensor:
+    """Euclidean length of polylines (P, M, D) -> (P,)."""
+    return (path[:, 1:] - path[:, :-1]).norm(dim=-1).sum(-1)
+
+
+class SyntheticTask:
+    """The synthetic-manifold experiment; ``run`` returns metrics rows."""
+
+    table_metrics = INTERPOLATION_METRICS[:4] + ["energy", "score_evals"] + EXTRAPOLATION_METRICS
+
+    def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
+        validate_manifold(cfg)
+        manifold = instantiate(cfg.dataset)
+        score = build_score(cfg, manifold=manifold)
+        metric = build_metric(cfg, score)
+        solver = instantiate(cfg.solver)
+        shooter = instantiate(cfg.extrapolate)
+        methods = list(cfg.eval.methods)
+        unknown = set(methods) - {"geodesic", *BASELINES}
+        if unknown:
+            raise ScoregeoError(f"eval.methods may hold geodesic, lerp, slerp; unknown: {sorted(unknown)}")
+
+        generator = torch.Generator().manual_seed(int(cfg.seed))
+        a, b = manifold.pairs(int(cfg.n_pairs), generator)
+        n_pairs = a.shape[0]
+
+        paths, evals, seconds = {}, {}, {}
+        if "geodesic" in methods:
+            result = solver(metric, a, b)
+            paths["geodesic"] = result.path
+            evals["geodesic"], seconds["geodesic"] = result.score_evals, result.seconds / n_pairs
+            print(f"geodesic: {result.score_evals} batched score evaluations, "
+                  f"{int(result.converged.sum())}/{n_pairs} converged, {result.seconds:.2f} s")
+        for name, fn in (("lerp", lerp), ("slerp", slerp)):
+            if name in methods:
+                paths[name] = fn(a, b, solver.nodes)
+                evals[name], seconds[name] = 0, 0.0
+
+        rows: list[dict] = []
+        m = int(cfg.eval.geodesic_points)
+        truths = [manifold.geodesic(a[p], b[p], m) for p in range(n_pairs)]
+        lengths = torch.tensor([manifold.geodesic_length(a[p], b[p]) for p in range(n_pairs)], dtype=a.dtype)
+        with torch.no_grad():
+            for name, path in paths.items():
+                energy = metric.energy(path)
+                ratio = segment_length(path) / lengths
+                off = manifold.distance(path).amax(dim=-1)
+                for p in range(n_pairs):
+                    err = polyline_distance(path[p], truths[p])
+                    rows += [row(p, name, "geodesic_error_max", err.max()),
+                             row(p, name, "geodesic_error_mean", err.mean()),
+                             row(p, name, "manifold_distance_max", off[p]),
+                             row(p, name, "length_ratio", ratio[p]),
+                             row(p, name, "energy", energy[p]),
+                             row(p, name, "score_evals", evals[name]),
+                             row(p, name, "seconds", seconds[name])]
+
+        extrapolated = self._extrapolate(metric, shooter, paths, a, b)
+        for name, path in extrapolated.items():
+            for p in range(n_pairs):
+                truth = manifold.continuation(a[p], b[p], 2 * shooter.duration, m)
+                rows.append(row(p, name, "extrapolation_error_max", polyline_distance(path[p], truth).max()))
+        if "geodesic" in extrapolated:
+            rows += [row(p, "geodesic", "extrapolation_score_evals", self._shoot_evals) for p in range(n_pairs)]
+
+        if cfg.eval.figure:
+            from scoregeo_cli.figures import plot_synthetic_paths
+
+            plot_synthetic_paths(manifold, a, b, paths, extrapolated, run_dir / "paths.png")
+        return rows
+
+    def _extrapolate(self, metric, shooter, paths, a, b) -> dict[str, torch.Tensor]:
+        out = {}
+        if "geodesic" in paths:
+            path = paths["geodesic"]
+            shot = shooter(metric, path[:, -1], end_tangent(path))
+            self._shoot_evals = shot.score_evals
+            out["geodesic"] = shot.path
+        if "lerp" in paths:
+            out["lerp"] = linear_extrapolation(a, b, shooter.duration, shooter.steps)
+        if "slerp" in paths:  # SLERP's own continuation of its arc
+            t = torch.linspace(1, 1 + shooter.duration, shooter.steps + 1, dtype=a.dtype)
+            out["slerp"] = slerp_at(a, b, t)
+        return out
