@@ -1,0 +1,134 @@
+"""Diffusion plumbing shared by the image experiments (variance-preserving convention).
+
+* ``alphas_cumprod_from(scheduler_config)``: the schedule, from a diffusers scheduler.
+* ``noise_to``: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the same eps for both ends
+  of a pair gives the paper's shared-noise endpoints).
+* ``EpsScoreField``: the score of a noise-prediction network at a fixed level t,
+  s(x_t) = -eps_theta(x_t, t) / sqrt(1 - abar_t).
+* ``ddim_denoise`` / ``ddim_invert``: deterministic DDIM (eta = 0) between level t and 0
+  on any grid of timesteps, written from the DDIM update itself so that t need not lie on
+  a scheduler's inference grid (checked against diffusers' DDIMScheduler in the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from scoregeo_cli.errors import ScoregeoError, check_finite
+from scoregeo_cli.scores.base import ScoreField
+
+# eps_model(x_t of shape (B, *shape), t: int) -> predicted noise, same shape
+EpsModel = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def alphas_cumprod_from(scheduler_config: dict) -> torch.Tensor:
+    """abar_t for t = 0..T-1 (float64) of a diffusers scheduler configuration."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(dict(scheduler_config))
+    return scheduler.alphas_cumprod.double()
+
+
+def check_level(t: int, alphas_cumprod: torch.Tensor) -> int:
+    n = alphas_cumprod.numel()
+    if not 0 < int(t) < n:
+        raise ScoregeoError(f"the diffusion level t must lie in 1..{n - 1}, got {t}")
+    return int(t)
+
+
+def noise_to(x0: torch.Tensor, eps: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Forward-noise clean samples to level t: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+    abar = alphas_cumprod[t].to(x0.dtype)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+
+class EpsScoreField(ScoreField):
+    """s(x) = -eps_theta(x, t) / sqrt(1 - abar_t) on flat vectors of ``prod(shape)``.
+
+    Args:
+        eps_model: noise predictor, (B, *shape) at integer level t -> (B, *shape).
+        shape: shape of one sample, e.g. (1, 28, 28) or (4, 64, 64).
+        t: the diffusion level at which the score is taken.
+        alphas_cumprod: the model's schedule (T,).
+        chunk_size: points per network call (memory).
+    """
+
+    def __init__(self, eps_model: EpsModel, shape: tuple[int, ...], t: int,
+                 alphas_cumprod: torch.Tensor, chunk_size: int | None = 64,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        dim = 1
+        for s in shape:
+            dim *= int(s)
+        super().__init__(dim, chunk_size)
+        self.eps_model = eps_model
+        self.shape = tuple(int(s) for s in shape)
+        self.t = check_level(t, alphas_cumprod)
+        self.alphas_cumprod = alphas_cumprod
+        self.sigma_t = float((1 - alphas_cumprod[self.t]).sqrt())
+        self._dtype, self._device = dtype, torch.device(device)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        eps = self.eps_model(x.reshape(-1, *self.shape), self.t)
+        return -eps.reshape(x.shape[0], -1) / self.sigma_t
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+
+def ddim_grid(t: int, steps: int) -> list[int]:
+    """Descending integer levels t = t_0 > t_1 > ... > t_k >= 0 for ``steps`` DDIM steps."""
+    if steps < 1:
+        raise ScoregeoError(f"DDIM steps must be at least 1, got {steps}")
+    grid = torch.linspace(t, 0, steps + 1).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+def _ddim_move(x, eps, abar_from, abar_to):
+    x0 = (x - (1 - abar_from).sqrt() * eps) / abar_from.sqrt()
+    return abar_to.sqrt() * x0 + (1 - abar_to).sqrt() * eps
+
+
+@torch.no_grad()
+def ddim_denoise(eps_model: EpsModel, x_t: torch.Tensor, t: int, alphas_cumprod: torch.Tensor,
+                 steps: int = 20, batch_size: int = 64, final_alpha: float = 1.0) -> torch.Tensor:
+    """Deterministic DDIM from level t to a clean sample, for a batch (B, *shape).
+
+    The last step goes from level 0 to abar = ``final_alpha`` (1: the predicted x_0), as
+    diffusers' DDIMScheduler does with ``set_alpha_to_one``.
+    """
+    grid = ddim_grid(t, steps)
+    out = []
+    for chunk in x_t.split(batch_size):
+        x = chunk
+        for i, level in enumerate(grid):
+            abar = alphas_cumprod[level].to(x.dtype)
+            nxt = alphas_cumprod[grid[i + 1]].to(x.dtype) if i + 1 < len(grid) else torch.tensor(final_alpha, dtype=x.dtype)
+            eps = eps_model(x, level)
+            check_finite(eps, "the noise prediction", f"DDIM level {level}")
+            x = _ddim_move(x, eps, abar, nxt)
+        out.append(x)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def ddim_invert(eps_model: EpsModel, x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor,
+                steps: int = 20, batch_size: int = 64) -> torch.Tensor:
+    """Deterministic DDIM inversion of clean samples (B, *shape) up to level t."""
+    grid = ddim_grid(t, steps)[::-1]  # ascending, from 0 (or near) to t
+    out = []
+    for chunk in x0.split(batch_size):
+        x = chunk
+        for i in range(len(grid) - 1):
+            lo, hi = grid[i], grid[i + 1]
+            eps = eps_model(x, lo)
+            check_finite(eps, "the noise prediction", f"DDIM inversion level {lo}")
+            x = _ddim_move(x, eps, alphas_cumprod[lo].to(x.dtype), alphas_cumprod[hi].to(x.dtype))
+        out.append(x)
+    return torch.cat(out)
