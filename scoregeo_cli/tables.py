@@ -1,0 +1,539 @@
+"""`scoregeo reproduce` and `scoregeo tables`: the paper's tables and figures from run folders.
+
+``reproduce NAME`` runs the sweeps of ``experiments/NAME.yaml`` (finished runs are skipped)
+and renders it; ``tables`` renders every recipe from what is already in the output root.
+
+A table cell aggregates over seeds: each run's ``summary.json`` holds, per method and
+metric, the mean over its pairs; the cell is the mean and sample standard deviation of
+those per-seed means, with n the number of seeds. The best value of each column is marked
+within each group of rows (bold in Markdown and LaTeX, ``best`` in the CSV).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scoregeo_cli import recipes as rc
+from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.results import atomic_write_text, is_done, summarize
+
+LEVEL = re.compile(r"^([A-Za-z_][\w.]*)=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+
+
+class MissingRuns(ScoregeoError):
+    """A recipe cannot be rendered: some of its run folders are not finished."""
+
+
+def git_commit() -> str:
+    """Short hash of the checkout scoregeo runs from, or "unknown"."""
+    try:
+        out = subprocess.run(["git", "-C", str(rc.REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+# --------------------------------------------------------------------------- aggregation
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+    best: bool = False
+
+    def text(self) -> str:
+        return f"{fmt(self.mean)} ± {fmt(self.std, 2)} (n={self.n})"
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return f"{x:.{digits}g}"
+
+
+def read_summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ScoregeoError(f"cannot read {run_dir / 'summary.json'}: {err}") from None
+
+
+def aggregate(located: rc.Located) -> tuple[dict, list[str]]:
+    """{(method, metric): Cell} over the finished seeds of one group, and the methods in
+    the order the runs list them."""
+    rows, methods = [], []
+    for seed, run_dir in located.runs.items():
+        if run_dir is None:
+            continue
+        for method, metrics in read_summary(run_dir).items():
+            if method not in methods:
+                methods.append(method)
+            for metric, entry in metrics.items():
+                rows.append({"method": (method, metric), "metric": "value", "value": float(entry["mean"])})
+    cells = {key: Cell(e["value"]["mean"], e["value"]["std"], e["value"]["n"])
+             for key, e in summarize(rows).items()}
+    return cells, methods
+
+
+def level_sorted(methods: list[str]) -> list[str]:
+    """Methods named like ``sigma=0.05`` in numeric order; others as they come."""
+    if methods and all(LEVEL.match(m) for m in methods):
+        return sorted(methods, key=lambda m: float(LEVEL.match(m).group(2)))
+    return methods
+
+
+def mark_best(cells: list[Cell | None], better) -> None:
+    if better == "none":
+        return
+    finite = [c for c in cells if c is not None and math.isfinite(c.mean)]
+    if not finite:
+        return
+    if better == "lower":
+        score = lambda c: c.mean  # noqa: E731
+    elif better == "higher":
+        score = lambda c: -c.mean  # noqa: E731
+    else:
+        score = lambda c: abs(c.mean - better)  # noqa: E731
+    best = min(score(c) for c in finite)
+    for c in finite:
+        c.best = score(c) == best
+
+
+# --------------------------------------------------------------------------- rendering
+
+@dataclass
+class Rendered:
+    """One table, laid out: per section, rows of (group label, method, cells)."""
+
+    recipe: rc.Recipe
+    located: list[rc.Located]
+    sections: list[tuple[rc.Section, list[tuple[str, str, list[Cell | None]]]]]
+    commit: str
+    partial: bool
+
+    def footer_lines(self) -> list[str]:
+        t = self.recipe.table
+        marks = sorted({c.arrow for s, _ in self.sections for c in s.columns if c.arrow})
+        legend = {"↓": "↓ lower is better", "↑": "↑ higher is better"}
+        parts = [legend.get(m, f"{m} closest to {m[1:]} is best") for m in marks]
+        within = f" within each {t.group_header}" if len(t.groups) > 1 else ""
+        lines = [
+            "Cells: mean ± std over seeds of each run's mean over its pairs; n = number of seeds.",
+            f"Bold: best in its column{within} ({'; '.join(parts) or 'no column is ranked'}; "
+            "columns without an arrow are not ranked); –: metric not reported.",
+            f"Commit: {self.commit}.",
+            "Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind each "
+            f"{t.group_header if len(t.groups) > 1 else 'row'}:",
+        ]
+        for loc in self.located:
+            label = f"{loc.group.label}: " if len(t.groups) > 1 else ""
+            missing = f" (missing: seed {', '.join(map(str, loc.missing))})" if loc.missing else ""
+            lines.append(f"- {label}`{loc.pattern()}`, `{loc.command()}`{missing}")
+        return lines
+
+
+def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], commit: str,
+                partial: bool) -> Rendered:
+    table = recipe.table
+    located = [locator.locate(g, seeds) for g in table.groups]
+    missing = [(loc, s) for loc in located for s in loc.missing]
+    if missing and not partial:
+        raise MissingRuns(missing_message(recipe, locator, missing))
+    per_group = [aggregate(loc) for loc in located]
+    sections = []
+    for section in table.sections:
+        lines = []
+        for loc, (cells, methods) in zip(located, per_group):
+            methods = level_sorted(methods) if table.rows == "all" else table.rows
+            block = [(loc.group.label, m, [cells.get((m, c.metric)) for c in section.columns]) for m in methods]
+            for j, col in enumerate(section.columns):
+                mark_best([row[2][j] for row in block], col.better)
+            lines += block
+        sections.append((section, lines))
+    return Rendered(recipe, located, sections, commit, partial)
+
+
+def missing_message(recipe: rc.Recipe, locator: rc.RunLocator, missing) -> str:
+    folders = "\n".join(f"  {locator.root / loc.group.experiment / loc.dirname / f'seed={s}'}"
+                        for loc, s in missing)
+    hint = f"scoregeo reproduce {recipe.name}" + "".join(f" {k}=..." for k in recipe.requires)
+    return (f"{recipe.name}: {len(missing)} run(s) are not finished (no DONE marker); expected:\n"
+            f"{folders}\nrun `{hint}` (or render what exists with --partial)")
+
+
+def to_markdown(r: Rendered) -> str:
+    t = r.recipe.table
+    with_group = len(t.groups) > 1
+    out = [f"# {r.recipe.name}: {r.recipe.title}", ""]
+    if r.recipe.description:
+        out += [r.recipe.description, ""]
+    for section, lines in r.sections:
+        if section.title:
+            out += [f"**{section.title}**", ""]
+        head = ([t.group_header] if with_group else []) + [t.row_header] + [
+            f"{c.label} {c.arrow}".strip() for c in section.columns]
+        out += ["| " + " | ".join(head) + " |", "|" + "|".join(" --- " for _ in head) + "|"]
+        previous = None
+        for group, method, cells in lines:
+            first = [group if group != previous else ""] if with_group else []
+            previous = group
+            texts = ["–" if c is None else (f"**{c.text()}**" if c.best else c.text()) for c in cells]
+            out.append("| " + " | ".join(first + [method] + texts) + " |")
+        out.append("")
+    for line in r.footer_lines():  # sentences as paragraphs, then the list of runs
+        out += [line] if line.startswith("- ") else [line, ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$",
+               "↓": r"$\downarrow$", "↑": r"$\uparrow$", "→": r"$\to$", "–": "--", "`": ""}
+
+
+def tex(text: str) -> str:
+    return "".join(TEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(r: Rendered) -> str:
+    t = r.recipe.table
+    with_group = len(t.groups) > 1
+    out = [f"% {r.recipe.name}: rendered by `scoregeo tables` at commit {r.commit}",
+           r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+           rf"\caption{{{tex(r.recipe.title)}}}", rf"\label{{tab:{r.recipe.name}}}"]
+    for section, lines in r.sections:
+        n_lead = 2 if with_group else 1
+        out += [rf"\begin{{tabular}}{{{'l' * n_lead}{'r' * len(section.columns)}}}", r"\toprule"]
+        if section.title:
+            out += [rf"\multicolumn{{{n_lead + len(section.columns)}}}{{l}}{{\textit{{{tex(section.title)}}}}} \\",
+                    r"\midrule"]
+        head = ([t.group_header] if with_group else []) + [t.row_header] + [
+            f"{c.label} {c.arrow}".strip() for c in section.columns]
+        out += [" & ".join(tex(h) for h in head) + r" \\", r"\midrule"]
+        previous = None
+        for group, method, cells in lines:
+            if with_group and previous is not None and group != previous:
+                out.append(r"\midrule")
+            first = [tex(group) if group != previous else ""] if with_group else []
+            previous = group
+            texts = ["--" if c is None else (rf"\textbf{{{tex(c.text())}}}" if c.best else tex(c.text()))
+                     for c in cells]
+            out.append(" & ".join(first + [tex(method)] + texts) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip"]
+    out.append(r"{\footnotesize")
+    out += [tex(line) + r" \\" for line in r.footer_lines()]
+    out += ["}", r"\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def to_csv(r: Rendered) -> str:
+    import pandas as pd
+
+    records = []
+    for section, lines in r.sections:
+        for group, method, cells in lines:
+            for col, cell in zip(section.columns, cells):
+                records.append({
+                    "section": section.title or "", "group": group, "method": method, "metric": col.metric,
+                    "mean": None if cell is None else cell.mean, "std": None if cell is None else cell.std,
+                    "n": None if cell is None else cell.n, "best": bool(cell and cell.best),
+                    "better": col.better, "runs": next(loc.pattern() for loc in r.located if loc.group.label == group),
+                })
+    frame = pd.DataFrame.from_records(records, columns=["section", "group", "method", "metric", "mean", "std",
+                                                        "n", "best", "better", "runs"])
+    frame["n"] = frame["n"].astype("Int64")
+    return frame.to_csv(index=False, float_format="%.10g")
+
+
+# --------------------------------------------------------------------------- figures
+
+def render_figure(recipe: rc.Recipe, fig: rc.Figure, locator: rc.RunLocator, seeds: list[int],
+                  out_dir: Path, commit: str, partial: bool) -> list[Path]:
+    if fig.kind == "panels":
+        return _panels(recipe, fig, locator, seeds, out_dir, commit, partial)
+    return _plot(recipe, fig, locator, seeds, out_dir, commit, partial)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _caption(recipe: rc.Recipe, fig: rc.Figure, image: Path, sources: list[str], commit: str) -> str:
+    lines = [f"# {recipe.name}: {fig.name}", "", f"![{fig.name}]({image.name})", ""]
+    if fig.caption:
+        lines += [fig.caption, ""]
+    lines += [f"Commit: {commit}.", "Sources:"] + [f"- {s}" for s in sources]
+    return "\n".join(lines) + "\n"
+
+
+def _panels(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
+    seed = fig.seed if fig.seed is not None else seeds[0]
+    found, missing = [], []
+    for group in fig.groups:
+        loc = locator.locate(group, [seed])
+        run_dir = loc.runs[seed]
+        images = sorted(run_dir.glob(fig.file)) if run_dir is not None else []
+        if images:
+            found.append((group, loc, images[0]))
+        else:
+            missing.append((loc, seed, fig.file))
+    if missing and (not partial or not found):
+        lines = "\n".join(f"  {locator.root / loc.group.experiment / loc.dirname / f'seed={s}' / pat}"
+                          for loc, s, pat in missing)
+        raise MissingRuns(f"{recipe.name}: figure {fig.name} lacks {len(missing)} image(s) of finished runs; "
+                          f"expected:\n{lines}\nrun `scoregeo reproduce {recipe.name}`")
+    plt = _plt()
+    ncols = fig.ncols or len(found)
+    nrows = math.ceil(len(found) / ncols)
+    images = [plt.imread(p) for _, _, p in found]
+    aspect = max(im.shape[1] / im.shape[0] for im in images)
+    width = 3.2 * ncols * min(aspect, 3.0) if ncols > 1 else min(12.0, 3.2 * aspect)
+    height = width / ncols / aspect * nrows + 0.35 * nrows
+    f, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (group, _, _), im in zip(axes.flat, found, images):
+        ax.imshow(im)
+        ax.set_title(group.label, fontsize=9)
+    f.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{fig.name}.png"
+    f.savefig(target, dpi=130)
+    plt.close(f)
+    sources = [f"{g.label}: `{p.relative_to(locator.root)}` (`{loc.command()}`)" for g, loc, p in found]
+    sources += [f"MISSING: `{loc.pattern()}/{pat}`" for loc, _, pat in missing]
+    caption = out_dir / f"{fig.name}.md"
+    atomic_write_text(caption, _caption(recipe, fig, target, sources, commit))
+    return [target, caption]
+
+
+def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
+    located = [locator.locate(g, seeds) for g in fig.groups]
+    missing = [(loc, s) for loc in located for s in loc.missing]
+    if missing and not partial:
+        raise MissingRuns(missing_message(recipe, locator, missing))
+    plt = _plt()
+    f, axes = plt.subplots(1, len(fig.metrics), figsize=(4.2 * len(fig.metrics), 3.4), squeeze=False)
+    xname = None
+    for loc in located:
+        cells, methods = aggregate(loc)
+        levels = [(m, LEVEL.match(m)) for m in level_sorted(methods)]
+        levels = [(m, k) for m, k in levels if k]
+        if not levels:
+            raise ScoregeoError(f"{recipe.name}: figure {fig.name} plots methods named like 'sigma=0.1', "
+                                f"but {loc.pattern()} has {methods}")
+        xname = levels[0][1].group(1)
+        xs = [float(k.group(2)) for _, k in levels]
+        for ax, spec in zip(axes[0], fig.metrics):
+            pts = [(x, cells.get((m, spec["metric"]))) for x, (m, _) in zip(xs, levels)]
+            pts = [(x, c) for x, c in pts if c is not None]
+            ax.errorbar([x for x, _ in pts], [c.mean for _, c in pts], yerr=[c.std for _, c in pts],
+                        marker="o", ms=3, capsize=2, label=loc.group.label)
+    for ax, spec in zip(axes[0], fig.metrics):
+        ax.set_xlabel(xname or "level")
+        ax.set_ylabel(spec.get("label", spec["metric"]))
+        if spec.get("logx", True):
+            ax.set_xscale("log")
+        if spec.get("logy", False):
+            ax.set_yscale("log")
+        if "reference" in spec:
+            ax.axhline(float(spec["reference"]), c="0.5", lw=0.8, ls="--")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    f.suptitle(f"{recipe.title} (mean ± std over seeds)", fontsize=9)
+    f.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{fig.name}.png"
+    f.savefig(target, dpi=130)
+    plt.close(f)
+    sources = [f"{loc.group.label}: `{loc.pattern()}` (`{loc.command()}`)"
+               + (f" MISSING seed {', '.join(map(str, loc.missing))}" if loc.missing else "") for loc in located]
+    caption = out_dir / f"{fig.name}.md"
+    atomic_write_text(caption, _caption(recipe, fig, target, sources, commit))
+    return [target, caption]
+
+
+# --------------------------------------------------------------------------- one recipe
+
+def render(recipe: rc.Recipe, output_root: Path, extras: list[str] = (), seeds: list[int] | None = None,
+           partial: bool = False, commit: str | None = None, conf_dir: Path = rc.CONF_DIR) -> list[Path]:
+    """Write ``<output_root>/tables/NAME.{md,tex,csv}`` and the recipe's figures.
+
+    Raises MissingRuns (listing the expected run folders) when runs are not finished,
+    unless ``partial``.
+    """
+    seeds = recipe.seeds if seeds is None else seeds
+    commit = git_commit() if commit is None else commit
+    locator = rc.RunLocator(output_root, extras, recipe.requires, conf_dir)
+    written, problems = [], []
+    if recipe.table is not None:
+        try:
+            table = build_table(recipe, locator, seeds, commit, partial)
+        except MissingRuns as err:
+            problems.append(str(err))
+        else:
+            out = Path(output_root) / "tables"
+            for suffix, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
+                atomic_write_text(out / f"{recipe.name}.{suffix}", text)
+                written.append(out / f"{recipe.name}.{suffix}")
+    for fig in recipe.figures:
+        try:
+            written += render_figure(recipe, fig, locator, seeds, Path(output_root) / "figures", commit, partial)
+        except MissingRuns as err:
+            problems.append(str(err))
+    if problems:
+        raise MissingRuns("\n".join(problems))
+    return written
+
+
+# --------------------------------------------------------------------------- commands
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ScoregeoError(f"--seeds takes integers separated by commas, e.g. 0,1,2; got '{text}'") from None
+    if not seeds:
+        raise ScoregeoError("--seeds needs at least one seed")
+    return seeds
+
+
+def _check_extras(recipe: rc.Recipe, extras: list[str]) -> None:
+    for o in rc.parse(extras):
+        if o.is_sweep_override():
+            raise ScoregeoError(f"extra override '{o.input_line}' is a sweep; pass single values "
+                                "(a sweep belongs in a recipe)")
+        if o.key_or_group in rc.RESERVED_KEYS:
+            raise ScoregeoError(f"the recipe sets {o.key_or_group} itself; "
+                                + ("use --seeds" if o.key_or_group == "seed" else "write another recipe"))
+    given = rc.values(extras)
+    lacking = [k for k in recipe.requires if k not in given]
+    if lacking:
+        raise ScoregeoError(f"{recipe.name} needs " + " and ".join(f"{k}=..." for k in lacking)
+                            + f"; pass them as overrides: scoregeo reproduce {recipe.name} "
+                            + " ".join(f"{k}=<path>" for k in lacking))
+
+
+def _output_root(extras: list[str]) -> Path:
+    return Path(rc.values(extras).get("output_root", "outputs")) if extras else Path("outputs")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partial", action="store_true",
+                        help="render what is finished and list the missing runs in the footer")
+    parser.add_argument("--recipes", type=Path, default=rc.RECIPES_DIR, metavar="DIR",
+                        help="folder of recipe files (default: the repository's experiments/)")
+
+
+def reproduce_main(argv: list[str], prog: str = "scoregeo reproduce") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run the sweeps behind one paper table or figure (finished runs are "
+        "skipped), then render it into <output_root>/tables and <output_root>/figures.",
+        epilog="Overrides after NAME go to every run, e.g. output_root=/scratch/out or "
+        "score.pretrained=/models/sd21 (recipes that need user files say so).")
+    parser.add_argument("name", nargs="?", help="recipe name (file name in experiments/ without .yaml)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides passed to every run")
+    parser.add_argument("--dry-run", action="store_true", help="print the scoregeo run -m commands and stop")
+    parser.add_argument("--seeds", help="comma-separated seeds instead of the recipe's (e.g. 0)")
+    parser.add_argument("--list", action="store_true", help="list the recipes and stop")
+    _common(parser)
+    args = parser.parse_intermixed_args(argv)
+    if args.list:
+        for path in rc.available(args.recipes):
+            recipe = rc.load(path)
+            print(f"{recipe.name:<22} {recipe.title}")
+        return 0
+    if not args.name:
+        parser.error("a recipe NAME is required (--list shows them)")
+    recipe = rc.load(rc.find(args.name, args.recipes))
+    extras, seeds = list(args.overrides), _seeds(args.seeds) or recipe.seeds
+    _check_extras(recipe, extras)
+    commands = recipe.commands(extras, seeds)
+    if args.dry_run:
+        for cmd in commands:
+            print(shlex.join(["scoregeo", "run", "-m", *cmd]))
+        return 0
+
+    root = _output_root(extras)
+    locator = rc.RunLocator(root, extras, recipe.requires)
+    rerun = rc.values(extras).get("rerun", "false").lower() == "true"
+    start = time.perf_counter()
+    for i, cmd in enumerate(commands, 1):
+        shown = shlex.join(["scoregeo", "run", "-m", *cmd])
+        folders = [sweep_folder(locator, job) for job in rc.expand(cmd)]
+        if not rerun and all(is_done(f) for f in folders):
+            print(f"[{recipe.name} {i}/{len(commands)}] all {len(folders)} runs finished: {shown}", flush=True)
+            continue
+        print(f"[{recipe.name} {i}/{len(commands)}] {shown}", flush=True)
+        code = subprocess.call([sys.executable, "-m", "scoregeo_cli.cli", "run", "-m", *cmd])
+        if code != 0:
+            raise ScoregeoError(f"sweep {i} of {recipe.name} failed with exit code {code}: {shown}")
+    elapsed = time.perf_counter() - start
+    written = render(recipe, root, extras, seeds, partial=args.partial)
+    _print_written(written)
+    print(f"{recipe.name}: sweeps took {elapsed:.0f} s")
+    return 0
+
+
+def sweep_folder(locator: rc.RunLocator, job: list[str]) -> Path:
+    """The run folder Hydra gives one job of a sweep."""
+    given = rc.values(job)
+    return (locator.root / rc.experiment_name(given["experiment"]) / locator.rule.dirname(job)
+            / f"seed={given['seed']}")
+
+
+def _print_written(written: list[Path]) -> None:
+    for path in written:
+        if path.suffix == ".md" and path.parent.name == "tables":
+            print(path.read_text())
+    for path in written:
+        print(f"wrote {path}")
+
+
+def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Render every recipe in experiments/ (or the named ones) from the "
+        "finished runs under the output root into <output_root>/tables/NAME.{md,tex,csv} and "
+        "<output_root>/figures/. Recipes with unfinished runs list the run folders they lack.")
+    parser.add_argument("names", nargs="*", help="recipes to render (default: all)")
+    parser.add_argument("--output-root", type=Path, default=Path("outputs"),
+                        help="where the runs are (default: outputs)")
+    _common(parser)
+    args = parser.parse_args(argv)
+    paths = [rc.find(n, args.recipes) for n in args.names] if args.names else rc.available(args.recipes)
+    if not paths:
+        raise ScoregeoError(f"no recipes in {args.recipes}")
+    done, incomplete = [], []
+    commit = git_commit()
+    for path in paths:
+        recipe = rc.load(path)
+        try:
+            written = render(recipe, args.output_root, partial=args.partial, commit=commit)
+        except MissingRuns as err:
+            incomplete.append(recipe.name)
+            print(str(err), file=sys.stderr)
+            continue
+        done.append(recipe.name)
+        for p in written:
+            print(f"wrote {p}")
+    print(f"rendered: {', '.join(done) or 'none'}; incomplete: {', '.join(incomplete) or 'none'}")
+    return 1 if incomplete and (args.names or not done) else 0
+
+
