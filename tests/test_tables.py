@@ -1,0 +1,265 @@
+"""Recipes, `scoregeo reproduce` and `scoregeo tables`, on run folders written by hand."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scoregeo_cli import recipes, tables
+from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.results import atomic_write_json, mark_done
+
+DEMO = """\
+title: Demo table
+seeds: [0, 1]
+sweeps:
+  - [experiment=sphere]
+  - [experiment=sphere, dataset.ambient_dim=10]
+table:
+  group_header: manifold
+  groups:
+    - {label: codim 1, run: [experiment=sphere]}
+    - {label: codim 8, run: [experiment=sphere, dataset.ambient_dim=10]}
+  rows: [geodesic, lerp]
+  columns:
+    - {metric: geodesic_error_max, label: geodesic error (max), better: lower}
+    - {metric: length_ratio, label: length ratio, better: 1}
+    - {metric: score_evals, label: score evals}
+"""
+
+# per seed: {method: {metric: run mean}}
+RUNS = {
+    ("sphere/default", 0): {"geodesic": {"geodesic_error_max": 0.01, "length_ratio": 0.99, "score_evals": 5},
+                            "lerp": {"geodesic_error_max": 0.3, "length_ratio": 0.9, "score_evals": 0}},
+    ("sphere/default", 1): {"geodesic": {"geodesic_error_max": 0.03, "length_ratio": 1.03, "score_evals": 7},
+                            "lerp": {"geodesic_error_max": 0.5, "length_ratio": 0.8, "score_evals": 0}},
+    ("sphere/dataset.ambient_dim=10", 0): {
+        "geodesic": {"geodesic_error_max": 0.2, "length_ratio": 1.2, "score_evals": 10},
+        "lerp": {"geodesic_error_max": 0.1, "length_ratio": 0.95}},
+    ("sphere/dataset.ambient_dim=10", 1): {
+        "geodesic": {"geodesic_error_max": 0.4, "length_ratio": 1.4, "score_evals": 10},
+        "lerp": {"geodesic_error_max": 0.1, "length_ratio": 0.97}},
+}
+
+# Cells computed by hand from RUNS: mean and sample std (n - 1) of the two seeds' means.
+# codim 1, geodesic error: (0.01, 0.03) -> 0.02 ± 0.0141; lerp (0.3, 0.5) -> 0.4 ± 0.141.
+# codim 1, length ratio: (0.99, 1.03) -> 1.01 ± 0.0283 (closest to 1); (0.9, 0.8) -> 0.85 ± 0.0707.
+# codim 8: geodesic (0.2, 0.4) -> 0.3 ± 0.141, (1.2, 1.4) -> 1.3 ± 0.141;
+#          lerp (0.1, 0.1) -> 0.1 ± 0 (best), (0.95, 0.97) -> 0.96 ± 0.0141 (best: |0.96 - 1| < 0.3).
+EXPECTED_MD = """\
+# demo: Demo table
+
+| manifold | method | geodesic error (max) ↓ | length ratio →1 | score evals |
+| --- | --- | --- | --- | --- |
+| codim 1 | geodesic | **0.02 ± 0.014 (n=2)** | **1.01 ± 0.028 (n=2)** | 6 ± 1.4 (n=2) |
+|  | lerp | 0.4 ± 0.14 (n=2) | 0.85 ± 0.071 (n=2) | 0 ± 0 (n=2) |
+| codim 8 | geodesic | 0.3 ± 0.14 (n=2) | 1.3 ± 0.14 (n=2) | 10 ± 0 (n=2) |
+|  | lerp | **0.1 ± 0 (n=2)** | **0.96 ± 0.014 (n=2)** | – |
+
+Cells: mean ± std over seeds of each run's mean over its pairs; n = number of seeds.
+
+Bold: best in its column within each manifold (→1 closest to 1 is best; ↓ lower is better; columns without an arrow are not ranked); –: metric not reported.
+
+Commit: abc1234.
+
+Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind each manifold:
+
+- codim 1: `sphere/default/seed={0,1}`, `scoregeo run -m experiment=sphere seed=0,1`
+- codim 8: `sphere/dataset.ambient_dim=10/seed={0,1}`, `scoregeo run -m experiment=sphere dataset.ambient_dim=10 seed=0,1`
+"""
+
+
+def write_run(run_dir: Path, means: dict, overrides: list[str] | None = None, done: bool = True) -> None:
+    """A finished run folder as `scoregeo run` leaves it (summary, overrides, DONE)."""
+    summary = {m: {k: {"mean": v, "std": 0.0, "n": 8} for k, v in metrics.items()} for m, metrics in means.items()}
+    atomic_write_json(run_dir / "summary.json", summary)
+    if overrides is not None:
+        (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if done:
+        mark_done(run_dir)
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
+    """A recipe folder holding demo.yaml and an output root with all four runs finished."""
+    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
+    book = tmp_path / "recipes"
+    book.mkdir()
+    (book / "demo.yaml").write_text(DEMO)
+    out = tmp_path / "out"
+    for (folder, seed), means in RUNS.items():
+        write_run(out / folder / f"seed={seed}", means)
+    return book, out
+
+
+def test_tables_renders_the_expected_markdown(demo, capsys):
+    book, out = demo
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
+    assert "rendered: demo; incomplete: none" in capsys.readouterr().out
+
+
+def test_latex_and_csv_carry_the_same_cells(demo):
+    book, out = demo
+    tables.tables_main(["--recipes", str(book), "--output-root", str(out)])
+    tex = (out / "tables" / "demo.tex").read_text()
+    assert r"\textbf{0.02 $\pm$ 0.014 (n=2)}" in tex
+    assert r"geodesic error (max) $\downarrow$" in tex and "Commit: abc1234." in tex
+    import pandas as pd
+
+    frame = pd.read_csv(out / "tables" / "demo.csv")
+    assert len(frame) == 2 * 2 * 3
+    cell = frame[(frame.group == "codim 8") & (frame.method == "lerp") & (frame.metric == "length_ratio")].iloc[0]
+    assert cell["mean"] == pytest.approx(0.96) and cell["std"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert cell["n"] == 2 and bool(cell["best"]) and cell["runs"] == "sphere/dataset.ambient_dim=10/seed={0,1}"
+    assert frame[(frame.group == "codim 8") & (frame.method == "lerp") & (frame.metric == "score_evals")]["mean"].isna().all()
+
+
+def test_missing_runs_are_named_not_rendered(demo, capsys):
+    book, out = demo
+    (out / "sphere" / "dataset.ambient_dim=10" / "seed=1" / "DONE").unlink()  # interrupted run
+    assert tables.tables_main(["demo", "--recipes", str(book), "--output-root", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "demo: 1 run(s) are not finished" in err
+    assert str(out / "sphere" / "dataset.ambient_dim=10" / "seed=1") in err
+    assert not (out / "tables" / "demo.md").exists()
+
+    # --partial renders what is there and says what is not
+    assert tables.tables_main(["demo", "--partial", "--recipes", str(book), "--output-root", str(out)]) == 0
+    md = (out / "tables" / "demo.md").read_text()
+    assert "| codim 8 | geodesic | 0.2 ± 0 (n=1) |" in md
+    assert "`sphere/dataset.ambient_dim=10/seed={0,1}`" in md and "(missing: seed 1)" in md
+
+
+def test_dry_run_prints_the_sweeps_of_table_synthetic(capsys):
+    assert tables.reproduce_main(["table_synthetic", "--dry-run"]) == 0
+    assert capsys.readouterr().out == textwrap.dedent("""\
+        scoregeo run -m experiment=sphere seed=0,1,2
+        scoregeo run -m experiment=sphere dataset.ambient_dim=10 seed=0,1,2
+        scoregeo run -m experiment=circle seed=0,1,2
+        scoregeo run -m experiment=ellipse seed=0,1,2
+        """)
+    assert tables.reproduce_main(["table_synthetic", "output_root=/tmp/x", "--seeds", "4", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "scoregeo run -m experiment=sphere dataset.ambient_dim=10 seed=4 output_root=/tmp/x")
+
+
+def test_reproduce_passes_overrides_through_and_requires_user_paths(capsys):
+    assert tables.reproduce_main(["table2_morphbench", "score.pretrained=/w/sd21", "dataset.root=/d/mb",
+                                  "--dry-run"]) == 0
+    assert capsys.readouterr().out == ("scoregeo run -m experiment=sd_morphbench seed=0,1,2 "
+                                       "score.pretrained=/w/sd21 dataset.root=/d/mb\n")
+    with pytest.raises(ScoregeoError, match=r"needs score.pretrained=\.\.\. and dataset.root=\.\.\."):
+        tables.reproduce_main(["table2_morphbench", "--dry-run"])
+    with pytest.raises(ScoregeoError, match="use --seeds"):
+        tables.reproduce_main(["table_synthetic", "seed=3", "--dry-run"])
+    with pytest.raises(ScoregeoError, match="is a sweep"):
+        tables.reproduce_main(["table_synthetic", "metric.lam=10,100", "--dry-run"])
+    with pytest.raises(ScoregeoError, match="no recipe named 'nope'"):
+        tables.reproduce_main(["nope"])
+
+
+def test_reproduce_runs_unfinished_sweeps_then_renders(demo, monkeypatch, capsys):
+    book, out = demo
+    (out / "sphere" / "default" / "seed=1" / "DONE").unlink()
+    calls = []
+
+    def fake_run(cmd):  # stands in for the `scoregeo run -m` subprocess
+        calls.append(cmd)
+        write_run(out / "sphere" / "default" / "seed=1", RUNS[("sphere/default", 1)])
+        return 0
+
+    monkeypatch.setattr(tables.subprocess, "call", fake_run)
+    argv = ["demo", f"output_root={out}", "--recipes", str(book)]
+    assert tables.reproduce_main(argv) == 0
+    assert len(calls) == 1  # the other sweep is finished: not launched
+    assert calls[0][1:] == ["-m", "scoregeo_cli.cli", "run", "-m", "experiment=sphere", "seed=0,1",
+                            f"output_root={out}"]
+    assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
+    assert "all 2 runs finished: scoregeo run -m experiment=sphere dataset.ambient_dim=10" in capsys.readouterr().out
+    assert tables.reproduce_main(argv) == 0 and len(calls) == 1  # everything finished: nothing runs
+
+
+def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
+    book = tmp_path / "recipes"
+    book.mkdir()
+    (book / "sd.yaml").write_text(textwrap.dedent("""\
+        title: SD
+        seeds: [0]
+        requires: [score.pretrained]
+        sweeps: [[experiment=sd_morphbench]]
+        table:
+          groups: [{label: MorphBench, run: [experiment=sd_morphbench]}]
+          rows: [geodesic, lerp]
+          columns: [{metric: fid, label: FID, better: lower}]
+        """))
+    out = tmp_path / "out"
+    job = ["experiment=sd_morphbench", "seed=0", "score.pretrained=/w/sd21"]
+    folder = recipes.DirnameRule.from_conf().dirname(job)
+    assert folder == "score.pretrained=/w/sd21"  # a path in an override nests folders
+    write_run(out / "sd_morphbench" / folder / "seed=0", {"geodesic": {"fid": 80.0}, "lerp": {"fid": 90.0}}, job)
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    md = (out / "tables" / "sd.md").read_text()
+    assert "| geodesic | **80 ± 0 (n=1)** |" in md
+    assert "`scoregeo run -m experiment=sd_morphbench score.pretrained=/w/sd21 seed=0`" in md
+
+
+def test_panels_and_level_plot(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
+    book = tmp_path / "recipes"
+    book.mkdir()
+    (book / "noise.yaml").write_text(textwrap.dedent("""\
+        title: Noise
+        seeds: [0, 1]
+        sweeps: [[experiment=sphere]]
+        table:
+          row_header: noise level
+          groups: [{label: sphere, run: [experiment=sphere]}]
+          rows: all
+          columns: [{metric: angle_deg, label: angle, better: 180}]
+        figures:
+          - {name: curves, plot: {metrics: [angle_deg]}}
+          - {name: panels, file: "*.png", panels: [{label: sphere, run: [experiment=sphere]}]}
+        """))
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        run = out / "sphere" / "default" / f"seed={seed}"
+        # written in summary.json's sorted-key order; rows come out by increasing level
+        write_run(run, {"sigma=0.05": {"angle_deg": 120.0 + seed}, "sigma=0.1": {"angle_deg": 170.0 + seed},
+                        "sigma=0.5": {"angle_deg": 179.0}})
+        plt.imsave(run / "noise_diagnostics.png", np.zeros((8, 16)))
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    md = (out / "tables" / "noise.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| sigma")]
+    assert rows == ["| sigma=0.05 | 120 ± 0.71 (n=2) |", "| sigma=0.1 | 170 ± 0.71 (n=2) |",
+                    "| sigma=0.5 | **179 ± 0 (n=2)** |"]
+    for name in ("curves", "panels"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 0
+        assert "Commit: abc1234." in (out / "figures" / f"{name}.md").read_text()
+
+
+def test_shipped_recipes_load_and_cover_their_groups():
+    names = {p.stem for p in recipes.available()}
+    assert {"table_synthetic", "appendix_noise", "table_rotated_mnist", "table2_morphbench",
+            "fig_sphere_paths", "fig_mnist_strips"} <= names
+    for path in recipes.available():
+        recipes.load(path)
+
+
+def test_a_group_no_sweep_makes_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEMO.replace("  - [experiment=sphere, dataset.ambient_dim=10]\n", ""))
+    with pytest.raises(ScoregeoError, match="group 'codim 8' .* is made by none of its sweeps"):
+        recipes.load(bad)
+
