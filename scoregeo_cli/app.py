@@ -24,8 +24,9 @@ from scoregeo_cli.errors import ScoregeoError
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 if not OmegaConf.has_resolver("dirname"):
-    # Hydra's override_dirname is empty for a run without overrides.
-    OmegaConf.register_new_resolver("dirname", lambda s: s or "default")
+    # Hydra's override_dirname is empty for a run without overrides; paths in overrides
+    # (checkpoints, data folders) would nest folders, so their slashes become underscores.
+    OmegaConf.register_new_resolver("dirname", lambda s: s.replace("/", "_") or "default")
 
 
 def _fail(err: Exception) -> None:
@@ -73,7 +74,9 @@ def train_backbone(cfg: DictConfig) -> None:
                             "to train; choose a trainable backbone, e.g. score=mlp"))
     try:
         results.atomic_write_text(out_dir / "command.sh", _replay_command("train"))
-        checkpoint = hydra.utils.call(cfg.score.train, cfg=cfg, out_dir=out_dir)
+        params = OmegaConf.to_container(cfg.score.train, resolve=True)
+        trainer = hydra.utils.get_method(params.pop("_target_"))
+        checkpoint = trainer(cfg=cfg, out_dir=out_dir, **params)
     except (ScoregeoError, OmegaConfBaseException) as err:
         _fail(err)
     print(f"checkpoint: {checkpoint}\nuse it with: scoregeo run ... score.checkpoint={checkpoint}")
@@ -92,5 +95,5 @@ def main(argv: list[str], prog: str = "scoregeo run") -> int:
 def train_main(argv: list[str], prog: str = "scoregeo train") -> int:
     has_dir = any(a.startswith("hydra.run.dir=") for a in argv)
     extra = [] if has_dir else [
-        "hydra.run.dir=${output_root}/train/${experiment_name}/${hydra:runtime.choices.score}/seed=${seed}"]
+        "hydra.run.dir='${output_root}/train/${experiment_name}/${hydra:runtime.choices.score}/seed-${seed}'"]
     return _hydra(train_backbone, [*argv, *extra], prog)

@@ -30,12 +30,19 @@ def random_direction(dim: int, generator: torch.Generator) -> torch.Tensor:
     return v / v.norm()
 
 
-def polyline_distance(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tensor:
-    """Distance of each point (M, D) to the nearest point of a polyline (K, D) -> (M,)."""
+def polyline_project(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tensor:
+    """Nearest point of a polyline (K, D) to each point (M, D) -> (M, D)."""
     start, seg = polyline[:-1], polyline[1:] - polyline[:-1]  # (K-1, D)
     rel = points[:, None, :] - start[None]  # (M, K-1, D)
     t = ((rel * seg).sum(-1) / (seg * seg).sum(-1).clamp_min(1e-300)).clamp(0, 1)
-    return (rel - t[..., None] * seg).norm(dim=-1).min(dim=1).values
+    nearest = start[None] + t[..., None] * seg  # (M, K-1, D)
+    idx = (points[:, None, :] - nearest).norm(dim=-1).argmin(dim=1)
+    return nearest[torch.arange(points.shape[0]), idx]
+
+
+def polyline_distance(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tensor:
+    """Distance of each point (M, D) to the nearest point of a polyline (K, D) -> (M,)."""
+    return (points - polyline_project(points, polyline)).norm(dim=-1)
 
 
 class Sphere:
@@ -195,9 +202,12 @@ class PlaneCurve:
     def geodesic_length(self, a: torch.Tensor, b: torch.Tensor) -> float:
         return self._arc_length(*self._arc_angles(a, b))
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest point of the curve to each x (..., D), on the dense polyline."""
+        return polyline_project(x.reshape(-1, self.ambient_dim), self._dense).reshape(x.shape)
+
     def distance(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.ambient_dim)
-        return polyline_distance(flat, self._dense).reshape(x.shape[:-1])
+        return (x - self.project(x)).norm(dim=-1)
 
     def draw_coords(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.centre) @ self.basis
