@@ -369,10 +369,14 @@ class RunLocator:
 
     def locate(self, group: Group, seeds: list[int]) -> Located:
         given = values(self.extras)
-        if self.requires and not all(k in given for k in self.requires):
+        lacking = [k for k in self.requires if k not in given]
+        if lacking:
             found = self._scan(group, seeds)
             if found is not None:
                 return found
+            # nothing finished: name the folders with "..." where the user's values go
+            overrides = [*group.run, *self.extras, *(f"{k}=..." for k in lacking)]
+            return Located(group, self.rule.dirname(overrides), {s: None for s in seeds}, overrides)
         overrides = [*group.run, *self.extras]
         runs = {s: (self.folder(group, s) if results.is_done(self.folder(group, s)) else None) for s in seeds}
         return Located(group, self.rule.dirname(overrides), runs, overrides)
