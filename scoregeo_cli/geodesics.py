@@ -81,7 +81,8 @@ def frozen_metric_step(path: torch.Tensor, factors: torch.Tensor) -> torch.Tenso
     c = (delta + torch.einsum("pjd,pj->pd", b, y)) / n  # (P, D)
     uc = torch.einsum("pnkd,pd->pnk", factors, c)
     v = c[:, None] - torch.einsum("pnkd,pnkl,pnl->pnd", factors, m_inv, uc)
-    return torch.cat([path[:, :1], path[:, :1] + torch.cumsum(v, dim=1)], dim=1)
+    inner = path[:, :1] + torch.cumsum(v[:, :-1], dim=1)  # the last node stays exactly x_N
+    return torch.cat([path[:, :1], inner, path[:, -1:]], dim=1)
 
 
 class FixedPointSolver:
@@ -90,8 +91,11 @@ class FixedPointSolver:
     Each iteration costs one batched score evaluation. A pair's step is accepted when the
     true energy does not rise; otherwise its step length halves (and doubles again, up to 1,
     after an accepted step). A pair has converged when the full fixed-point step moves no
-    node by more than ``tol`` times |b - a|, or stalls when its step length falls below
-    ``min_step``.
+    node by more than ``tol`` times |b - a|; it stops unconverged ("stalled") when its
+    step length falls below ``min_step``. Stalling is expected near the solution at small
+    noise levels: the frozen-metric fixed point ignores how the scores move with the nodes,
+    so it is not exactly a minimiser of the true energy, and close to it the step stops
+    lowering that energy.
 
     Args:
         nodes: nodes per path, endpoints included (>= 3).
