@@ -14,11 +14,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from scoregeo_cli import results
+from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

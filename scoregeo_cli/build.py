@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.metric import SteinMetric
 from scoregeo_cli.scores.base import ScoreField
+
+
+def instantiate(node, **kwargs):
+    """hydra.utils.instantiate, letting a constructor's ScoregeoError through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ScoregeoError):
+            raise cause from None
+        raise
+
+
+def require_set(cfg: DictConfig, group: str) -> None:
+    """Refuse a config group with required values (``???``) left unset."""
+    missing = sorted(OmegaConf.missing_keys(cfg[group]))
+    if missing:
+        key = f"{group}.{missing[0]}"
+        raise ScoregeoError(f"{key} is required but not set; pass it as an override, e.g. {key}=...")
 
 
 def build_score(cfg: DictConfig, **context) -> ScoreField:
@@ -15,9 +36,10 @@ def build_score(cfg: DictConfig, **context) -> ScoreField:
     The ``train`` section of a score config holds training hyperparameters for
     ``scoregeo train`` and is not passed to the constructor.
     """
-    keys = [k for k in cfg.score if k != "train"]
-    factory = instantiate(OmegaConf.masked_copy(cfg.score, keys))
-    return factory(**context)
+    require_set(cfg, "score")
+    node = OmegaConf.to_container(cfg.score, resolve=True)
+    node.pop("train", None)
+    return instantiate(node)(**context)
 
 
 def build_metric(cfg: DictConfig, score: ScoreField) -> SteinMetric:

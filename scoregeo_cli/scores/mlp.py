@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from scoregeo_cli.build import instantiate
 from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm

@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from scoregeo_cli.build import build_score
+from scoregeo_cli.build import build_score, instantiate
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.results import row
 from scoregeo_cli.tasks.synthetic import validate_manifold

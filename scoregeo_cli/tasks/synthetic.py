@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from scoregeo_cli.baselines import lerp, slerp, slerp_at
-from scoregeo_cli.build import build_metric, build_score
+from scoregeo_cli.build import build_metric, build_score, instantiate
 from scoregeo_cli.data.synthetic import polyline_distance
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.extrapolate import end_tangent, linear_extrapolation

@@ -1,0 +1,97 @@
+"""The command line end to end: runs, sweeps, resume, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scoregeo_cli.tasks.noise import NoiseDiagnosticsTask
+from scoregeo_cli.tasks.synthetic import SyntheticTask
+
+
+def scoregeo(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_multirun_then_resume_skips_finished_runs(tmp_path):
+    args = ["run", "-m", "experiment=sphere", "metric.lam=10,1000", "n_pairs=2",
+            "eval.figure=false", f"output_root={tmp_path}"]
+    first = scoregeo(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    runs = sorted(tmp_path.glob("sphere/*/seed=0"))
+    assert [r.parent.name for r in runs] == ["eval.figure=False,metric.lam=10,n_pairs=2",
+                                             "eval.figure=False,metric.lam=1000,n_pairs=2"]
+    for run in runs:
+        assert (run / "DONE").exists() and (run / "command.sh").exists()
+        summary = json.loads((run / "summary.json").read_text())
+        assert set(summary) == {"geodesic", "lerp", "slerp"}
+        assert summary["geodesic"]["geodesic_error_max"]["n"] == 2
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert {r["method"] for r in rows} == {"geodesic", "lerp", "slerp"}
+    # lam = 1000 bends the path onto the sphere; lam = 10 barely does
+    err = {r.parent.name: json.loads((r / "summary.json").read_text())["geodesic"]["geodesic_error_max"]["mean"]
+           for r in runs}
+    assert err["eval.figure=False,metric.lam=1000,n_pairs=2"] < 0.1 * err["eval.figure=False,metric.lam=10,n_pairs=2"]
+    stamp = runs[0].joinpath("summary.json").stat().st_mtime_ns
+    second = scoregeo(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("skipping finished run") == 2
+    assert runs[0].joinpath("summary.json").stat().st_mtime_ns == stamp
+
+
+def test_default_run_beats_lerp_tenfold(compose_cfg, tmp_path):
+    cfg = compose_cfg(["n_pairs=4", "eval.figure=false"])
+    rows = SyntheticTask().run(cfg, tmp_path)
+    err = {m: max(r["value"] for r in rows if r["method"] == m and r["metric"] == "geodesic_error_max")
+           for m in ("geodesic", "lerp")}
+    assert err["geodesic"] < 0.1 * err["lerp"]
+
+
+def test_noise_diagnostics_residual_shrinks_like_sigma_squared(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=sphere_noise", "eval.sigmas=[0.01,0.02]", "eval.points=64"])
+    rows = NoiseDiagnosticsTask().run(cfg, tmp_path)
+    res = {m: sum(r["value"] for r in rows if r["method"] == m and r["metric"] == "residual") / 64
+           for m in ("sigma=0.01", "sigma=0.02")}
+    assert res["sigma=0.02"] / res["sigma=0.01"] == pytest.approx(4.0, rel=0.05)
+    angles = [r["value"] for r in rows if r["metric"] == "angle_deg" and r["method"] == "sigma=0.01"]
+    assert max(angles) < 1.0  # at small noise the score points straight back to the sphere
+    assert (tmp_path / "noise_diagnostics.png").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["metric.lam=-1"], "metric.lam must be >= 0"),
+    (["solver.nodes=2"], "solver.nodes must be at least 3"),
+    (["dataset.intrinsic_dim=3"], "dataset.intrinsic_dim must be below dataset.ambient_dim"),
+    (["score.sigma=0"], "score.sigma must be positive"),
+    (["solver.max_evals=0"], "solver.max_evals must be positive"),
+    (["metric.normalize=l2"], "metric.normalize must be one of"),
+    (["score=mlp", "score.checkpoint=/no/such/file.pt"], "score.checkpoint '/no/such/file.pt' does not exist"),
+    (["score=mlp"], "score.checkpoint is required"),
+])
+def test_bad_input_is_one_sentence_before_any_work(overrides, message, tmp_path):
+    out = scoregeo("run", f"output_root={tmp_path}", *overrides, cwd=tmp_path)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert not list(tmp_path.glob("**/summary.json"))
+
+
+def test_unknown_option_is_rejected(tmp_path):
+    out = scoregeo("run", f"output_root={tmp_path}", "solver=newton", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "solver/newton" in out.stderr and "Available options" in out.stderr
+
+
+def test_codimension_above_one_runs(compose_cfg, tmp_path):
+    cfg = compose_cfg(["dataset.ambient_dim=10", "n_pairs=2", "eval.figure=false"])
+    rows = SyntheticTask().run(cfg, tmp_path)
+    geo = [r["value"] for r in rows if r["method"] == "geodesic" and r["metric"] == "geodesic_error_max"]
+    assert len(geo) == 2 and max(geo) < 0.01
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", "--help"], capture_output=True, text=True)
+    for name in ("run", "train", "bench", "reproduce", "tables", "weights", "lpips", "fid"):
+        assert f"  {name}" in out.stdout
