@@ -204,7 +204,7 @@ class OptimizerSolver:
             opt = torch.optim.Adam([interior], lr=self.lr)
             previous = None
             while metric.score.calls - evals0 < self.max_evals - 1:
-                total = float(opt.step(closure))
+                total = float(opt.step(closure).detach())
                 if self.tol and previous is not None and abs(previous - total) <= self.tol * abs(previous):
                     break
                 previous = total

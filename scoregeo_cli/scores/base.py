@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 import torch
@@ -15,15 +16,15 @@ class ScoreField(ABC):
     Points are flat vectors of dimension ``dim``; image models reshape internally. Calling
     the field evaluates it on a batch ``(..., D)`` in chunks of ``chunk_size`` points and
     counts the work: ``calls`` is the number of batched evaluations (what solvers are
-    compared by), ``points`` the number of points scored. The result is differentiable
+    compared by), ``points`` the number of points scored, ``seconds`` the wall time spent
+    inside the field (forward passes only; backward passes run later, outside it). The result is differentiable
     with respect to ``x`` when the field is.
     """
 
     def __init__(self, dim: int, chunk_size: int | None = None):
         self.dim = int(dim)
         self.chunk_size = chunk_size
-        self.calls = 0
-        self.points = 0
+        self.reset_counters()
 
     @abstractmethod
     def _score(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,6 +33,7 @@ class ScoreField(ABC):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"score field expects points of dimension {self.dim}, got {x.shape[-1]}")
+        start = time.perf_counter()
         flat = x.reshape(-1, self.dim)
         self.calls += 1
         self.points += flat.shape[0]
@@ -40,11 +42,13 @@ class ScoreField(ABC):
         else:
             out = self._score(flat)
         check_finite(out.detach(), "the score", f"score evaluation {self.calls}")
+        self.seconds += time.perf_counter() - start
         return out.reshape(x.shape)
 
     def reset_counters(self) -> None:
         self.calls = 0
         self.points = 0
+        self.seconds = 0.0
 
     @property
     def dtype(self) -> torch.dtype:
