@@ -1,0 +1,71 @@
+"""``scoregeo lpips A B`` and ``scoregeo fid DIR_A DIR_B``: the metrics on image files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scoregeo_cli.errors import ScoregeoError
+
+
+def lpips_main(argv: list[str], prog: str) -> int:
+    """Print the LPIPS distance between two image files of the same size."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="LPIPS v0.1 distance between two images of the same size (grayscale is "
+                    "repeated to RGB; images under 64 px on the shorter side are upsampled "
+                    "bilinearly to 64). Needs `scoregeo weights`.")
+    parser.add_argument("image_a", type=Path, metavar="A")
+    parser.add_argument("image_b", type=Path, metavar="B")
+    parser.add_argument("--net", choices=("alex", "vgg"), default="alex",
+                        help="trunk network (default: alex)")
+    parser.add_argument("--digits", type=int, default=3, help="decimals printed (default: 3)")
+    args = parser.parse_args(argv)
+
+    from scoregeo_cli.metrics.images import lpips_distance, load_image
+
+    a, b = load_image(args.image_a), load_image(args.image_b)
+    if a.shape[1:] != b.shape[1:]:
+        raise ScoregeoError(f"{args.image_a} is {a.shape[2]}x{a.shape[1]} but {args.image_b} is "
+                            f"{b.shape[2]}x{b.shape[1]}; LPIPS compares images of the same size.")
+    if a.shape[0] != b.shape[0]:  # one grayscale, one RGB
+        a, b = a.expand(3, -1, -1), b.expand(3, -1, -1)
+    distance = lpips_distance(a[None], b[None], net=args.net)
+    print(f"{float(distance[0]):.{args.digits}f}")
+    return 0
+
+
+def fid_main(argv: list[str], prog: str) -> int:
+    """Print FID (and with --kid, KID) between two folders of images."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="FID between the images of two folders (2048-d Inception pool features, "
+                    "torchmetrics); --kid adds KID. Images may differ in size; grayscale is "
+                    "repeated to RGB. Needs `scoregeo weights`.")
+    parser.add_argument("dir_a", type=Path, metavar="DIR_A", help="reference (real) images")
+    parser.add_argument("dir_b", type=Path, metavar="DIR_B", help="images to score")
+    parser.add_argument("--kid", action="store_true", help="also print KID and its std")
+    parser.add_argument("--kid-subset-size", type=int, default=None,
+                        help="KID subset size (default 1000, capped at the smaller set)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images per Inception forward pass (default: 32)")
+    args = parser.parse_args(argv)
+
+    from scoregeo_cli.metrics.images import (
+        check_set_sizes,
+        fid_from_features,
+        folder_features,
+        kid_from_features,
+        list_images,
+    )
+
+    # fail on a bad or too small folder before the network runs
+    check_set_sizes(len(list_images(args.dir_a)), len(list_images(args.dir_b)))
+    real = folder_features(args.dir_a, args.batch_size)
+    fake = folder_features(args.dir_b, args.batch_size)
+    print(f"fid: {fid_from_features(real, fake):.4f}")
+    if args.kid:
+        kid, kid_std = kid_from_features(real, fake, args.kid_subset_size)
+        print(f"kid: {kid:.6f}")
+        print(f"kid_std: {kid_std:.6f}")
+    return 0
