@@ -79,6 +79,45 @@ def build_tiny_sd(folder: str | Path, seed: int = 0, prediction_type: str = "eps
     return folder
 
 
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins for bytes used by byte-level BPE (GPT-2, CLIP)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def add_tiny_text_encoder(folder: str | Path, seed: int = 0) -> Path:
+    """Add a random tiny CLIP text encoder and tokenizer (needs transformers) to a tiny SD folder.
+
+    The tokenizer knows single bytes only (no merges), enough to turn any prompt into ids;
+    the encoder is a 2-layer CLIPTextModel with hidden size CROSS_ATTENTION_DIM.
+    """
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    chars = _byte_alphabet()
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    bos, eos = len(vocab), len(vocab) + 1
+    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
+    tok_dir = folder / "tokenizer"
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(vocab=str(tok_dir / "vocab.json"), merges=str(tok_dir / "merges.txt"),
+                  model_max_length=TEXT_LENGTH).save_pretrained(tok_dir)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=CROSS_ATTENTION_DIM, intermediate_size=32,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=TEXT_LENGTH,
+                            bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    torch.manual_seed(seed)
+    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
+    return folder
+
+
 def _image(rng: np.random.Generator, width: int, height: int, shape: str) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)

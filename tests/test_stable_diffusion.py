@@ -26,7 +26,7 @@ from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.noisediffusion import NoiseDiffusion
 from scoregeo_cli.scores.stable_diffusion import stable_diffusion_score
 from scoregeo_cli.tasks.morph import noisy_endpoints
-from sd_tiny import EMPTY_PROMPT_FILE, build_tiny_sd, make_image_pairs
+from sd_tiny import EMPTY_PROMPT_FILE, add_tiny_text_encoder, build_tiny_sd, make_image_pairs
 
 T = 400
 
@@ -120,7 +120,7 @@ def test_missing_weights_are_one_sentence_naming_the_setting(tmp_path, tiny_sd):
         assert "unet/, vae/ and scheduler/" in message and "\n" not in message
 
 
-def test_conditioning_is_never_made_up(tmp_path, tiny_sd):
+def test_conditioning_is_never_made_up(tmp_path, tiny_sd, monkeypatch):
     bare = tmp_path / "bare"
     shutil.copytree(tiny_sd, bare)
     (bare / EMPTY_PROMPT_FILE).unlink()
@@ -128,6 +128,14 @@ def test_conditioning_is_never_made_up(tmp_path, tiny_sd):
         stable_diffusion_score(str(bare), device="cpu")
     with pytest.raises(ScoregeoError, match="score.prompt needs text_encoder/ and tokenizer/"):
         stable_diffusion_score(str(bare), prompt="a cat", device="cpu")
+    # a checkpoint with a text encoder but no transformers: say how to install it
+    with_text = tmp_path / "with_text"
+    shutil.copytree(bare, with_text)
+    (with_text / "text_encoder").mkdir()
+    (with_text / "tokenizer").mkdir()
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    with pytest.raises(ScoregeoError, match=r"needs transformers: pip install -e '\.\[text\]'"):
+        stable_diffusion_score(str(with_text), device="cpu")
     # a precomputed embedding file is taken as given, and its shape is checked
     embeds = torch.randn(77, 16)
     torch.save(embeds, tmp_path / "embeds.pt")
@@ -136,6 +144,27 @@ def test_conditioning_is_never_made_up(tmp_path, tiny_sd):
     torch.save(torch.randn(1, 77, 8), tmp_path / "wrong.pt")
     with pytest.raises(ScoregeoError, match=r"needs \(1, L, 16\)"):
         stable_diffusion_score(str(bare), prompt_embeds=str(tmp_path / "wrong.pt"), device="cpu")
+
+
+def test_prompts_go_through_the_checkpoint_text_encoder(tmp_path, tiny_sd):
+    pytest.importorskip("transformers", reason="the text extra: pip install -e '.[text]'")
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    folder = tmp_path / "with_text"
+    shutil.copytree(tiny_sd, folder)
+    (folder / EMPTY_PROMPT_FILE).unlink()  # the text encoder must be the source
+    add_tiny_text_encoder(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    encoder = CLIPTextModel.from_pretrained(folder / "text_encoder").eval()
+    for prompt in ("a cat", ""):
+        kwargs = {"prompt": prompt} if prompt else {}
+        model = stable_diffusion_score(str(folder), device="cpu", **kwargs).model
+        ids = tokenizer([prompt], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        assert ids[0, 0] != ids[0, -1] and ids.shape == (1, 77)
+        with torch.no_grad():
+            expected = encoder(ids).last_hidden_state
+        torch.testing.assert_close(model.prompt_embeds, expected)
+        assert ("text encoder" in model.source) and (repr(prompt) in model.source or not prompt)
 
 
 # -- data -------------------------------------------------------------------------------
