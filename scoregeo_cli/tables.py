@@ -30,7 +30,29 @@ LEVEL = re.compile(r"^([A-Za-z_][\w.]*)=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+
 
 
 class MissingRuns(ScoregeoError):
-    """A recipe cannot be rendered: some of its run folders are not finished."""
+    """A recipe cannot be rendered: some of its run folders are not finished (``folders``)
+    or lack a file a figure shows (``files``)."""
+
+    def __init__(self, folders: list[Path] = (), files: list[Path] = ()):
+        self.folders, self.files = list(folders), list(files)
+        super().__init__(f"{len(self.folders)} unfinished run(s), {len(self.files)} missing file(s)")
+
+    def describe(self, recipe: rc.Recipe) -> str:
+        def unique(paths):
+            return list(dict.fromkeys(paths))
+
+        lines = []
+        if self.folders:
+            folders = unique(self.folders)
+            lines += [f"{recipe.name}: {len(folders)} run(s) are not finished (no DONE marker); expected:"]
+            lines += [f"  {f}" for f in folders]
+        if self.files:
+            files = unique(self.files)
+            lines += [f"{recipe.name}: {len(files)} file(s) its figures show are missing from finished runs:"]
+            lines += [f"  {f}" for f in files]
+        hint = f"scoregeo reproduce {recipe.name}" + "".join(f" {k}=..." for k in recipe.requires)
+        lines.append(f"run `{hint}` (or render what exists with --partial)")
+        return "\n".join(lines)
 
 
 def git_commit() -> str:
@@ -129,7 +151,7 @@ class Rendered:
         parts = [legend.get(m, f"{m} closest to {m[1:]} is best") for m in marks]
         within = f" within each {t.group_header}" if len(t.groups) > 1 else ""
         lines = [
-            "Cells: mean ± std over seeds of each run's mean over its pairs; n = number of seeds.",
+            "Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or points); n = number of seeds.",
             f"Bold: best in its column{within} ({'; '.join(parts) or 'no column is ranked'}; "
             "columns without an arrow are not ranked); –: metric not reported.",
             f"Commit: {self.commit}.",
@@ -149,7 +171,7 @@ def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], com
     located = [locator.locate(g, seeds) for g in table.groups]
     missing = [(loc, s) for loc in located for s in loc.missing]
     if missing and not partial:
-        raise MissingRuns(missing_message(recipe, locator, missing))
+        raise MissingRuns(expected_folders(locator, missing))
     per_group = [aggregate(loc) for loc in located]
     sections = []
     for section in table.sections:
@@ -164,12 +186,8 @@ def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], com
     return Rendered(recipe, located, sections, commit, partial)
 
 
-def missing_message(recipe: rc.Recipe, locator: rc.RunLocator, missing) -> str:
-    folders = "\n".join(f"  {locator.root / loc.group.experiment / loc.dirname / f'seed={s}'}"
-                        for loc, s in missing)
-    hint = f"scoregeo reproduce {recipe.name}" + "".join(f" {k}=..." for k in recipe.requires)
-    return (f"{recipe.name}: {len(missing)} run(s) are not finished (no DONE marker); expected:\n"
-            f"{folders}\nrun `{hint}` (or render what exists with --partial)")
+def expected_folders(locator: rc.RunLocator, missing) -> list[Path]:
+    return [locator.root / loc.group.experiment / loc.dirname / f"seed={s}" for loc, s in missing]
 
 
 def to_markdown(r: Rendered) -> str:
@@ -283,20 +301,19 @@ def _caption(recipe: rc.Recipe, fig: rc.Figure, image: Path, sources: list[str],
 
 def _panels(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
     seed = fig.seed if fig.seed is not None else seeds[0]
-    found, missing = [], []
+    found, missing, unfinished, absent = [], [], [], []
     for group in fig.groups:
         loc = locator.locate(group, [seed])
         run_dir = loc.runs[seed]
         images = sorted(run_dir.glob(fig.file)) if run_dir is not None else []
         if images:
             found.append((group, loc, images[0]))
-        else:
-            missing.append((loc, seed, fig.file))
+            continue
+        missing.append((loc, seed, fig.file))
+        folder = expected_folders(locator, [(loc, seed)])[0]
+        (unfinished if run_dir is None else absent).append(folder if run_dir is None else folder / fig.file)
     if missing and (not partial or not found):
-        lines = "\n".join(f"  {locator.root / loc.group.experiment / loc.dirname / f'seed={s}' / pat}"
-                          for loc, s, pat in missing)
-        raise MissingRuns(f"{recipe.name}: figure {fig.name} lacks {len(missing)} image(s) of finished runs; "
-                          f"expected:\n{lines}\nrun `scoregeo reproduce {recipe.name}`")
+        raise MissingRuns(unfinished, absent)
     plt = _plt()
     ncols = fig.ncols or len(found)
     nrows = math.ceil(len(found) / ncols)
@@ -326,7 +343,7 @@ def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
     located = [locator.locate(g, seeds) for g in fig.groups]
     missing = [(loc, s) for loc in located for s in loc.missing]
     if missing and not partial:
-        raise MissingRuns(missing_message(recipe, locator, missing))
+        raise MissingRuns(expected_folders(locator, missing))
     plt = _plt()
     f, axes = plt.subplots(1, len(fig.metrics), figsize=(4.2 * len(fig.metrics), 3.4), squeeze=False)
     xname = None
@@ -380,12 +397,12 @@ def render(recipe: rc.Recipe, output_root: Path, extras: list[str] = (), seeds: 
     seeds = recipe.seeds if seeds is None else seeds
     commit = git_commit() if commit is None else commit
     locator = rc.RunLocator(output_root, extras, recipe.requires, conf_dir)
-    written, problems = [], []
+    written, folders, files = [], [], []
     if recipe.table is not None:
         try:
             table = build_table(recipe, locator, seeds, commit, partial)
         except MissingRuns as err:
-            problems.append(str(err))
+            folders += err.folders
         else:
             out = Path(output_root) / "tables"
             for suffix, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
@@ -395,9 +412,10 @@ def render(recipe: rc.Recipe, output_root: Path, extras: list[str] = (), seeds: 
         try:
             written += render_figure(recipe, fig, locator, seeds, Path(output_root) / "figures", commit, partial)
         except MissingRuns as err:
-            problems.append(str(err))
-    if problems:
-        raise MissingRuns("\n".join(problems))
+            folders += err.folders
+            files += err.files
+    if folders or files:
+        raise MissingRuns(folders, files)
     return written
 
 
@@ -486,7 +504,10 @@ def reproduce_main(argv: list[str], prog: str = "scoregeo reproduce") -> int:
         if code != 0:
             raise ScoregeoError(f"sweep {i} of {recipe.name} failed with exit code {code}: {shown}")
     elapsed = time.perf_counter() - start
-    written = render(recipe, root, extras, seeds, partial=args.partial)
+    try:
+        written = render(recipe, root, extras, seeds, partial=args.partial)
+    except MissingRuns as err:
+        raise ScoregeoError(err.describe(recipe)) from None
     _print_written(written)
     print(f"{recipe.name}: sweeps took {elapsed:.0f} s")
     return 0
@@ -528,11 +549,11 @@ def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
             written = render(recipe, args.output_root, partial=args.partial, commit=commit)
         except MissingRuns as err:
             incomplete.append(recipe.name)
-            print(str(err), file=sys.stderr)
+            print(err.describe(recipe), file=sys.stderr, flush=True)
             continue
         done.append(recipe.name)
         for p in written:
-            print(f"wrote {p}")
+            print(f"wrote {p}", flush=True)
     print(f"rendered: {', '.join(done) or 'none'}; incomplete: {', '.join(incomplete) or 'none'}")
     return 1 if incomplete and (args.names or not done) else 0
 

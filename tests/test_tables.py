@@ -59,7 +59,7 @@ EXPECTED_MD = """\
 | codim 8 | geodesic | 0.3 ± 0.14 (n=2) | 1.3 ± 0.14 (n=2) | 10 ± 0 (n=2) |
 |  | lerp | **0.1 ± 0 (n=2)** | **0.96 ± 0.014 (n=2)** | – |
 
-Cells: mean ± std over seeds of each run's mean over its pairs; n = number of seeds.
+Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or points); n = number of seeds.
 
 Bold: best in its column within each manifold (→1 closest to 1 is best; ↓ lower is better; columns without an arrow are not ranked); –: metric not reported.
 
@@ -209,7 +209,7 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
     assert "`scoregeo run -m experiment=sd_morphbench score.pretrained=/w/sd21 seed=0`" in md
 
 
-def test_panels_and_level_plot(tmp_path, monkeypatch):
+def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,6 +247,12 @@ def test_panels_and_level_plot(tmp_path, monkeypatch):
     for name in ("curves", "panels"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert "Commit: abc1234." in (out / "figures" / f"{name}.md").read_text()
+
+    (out / "sphere" / "default" / "seed=0" / "noise_diagnostics.png").unlink()
+    assert tables.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "noise: 1 file(s) its figures show are missing from finished runs:" in err
+    assert str(out / "sphere" / "default" / "seed=0" / "*.png") in err
 
 
 def test_shipped_recipes_load_and_cover_their_groups():
