@@ -1,0 +1,208 @@
+"""Rotated digits: one image at many angles, a one-parameter curve in pixel space whose
+every point is known.
+
+Sources (``dataset.source``):
+
+* ``digits``: scikit-learn's bundled 1797 handwritten digits (UCI, 8x8, 17 grey levels),
+  upsampled bilinearly to 20x20 and centred in a 28x28 frame as MNIST digits are; split
+  once into train and test by a fixed permutation (``test_fraction`` held out). The
+  offline default.
+* ``mnist`` / ``fashion_mnist``: IDX files the user already has, in torchvision's layout
+  ``<root>/MNIST/raw/`` or ``<root>/FashionMNIST/raw/`` (``train-images-idx3-ubyte`` and
+  ``t10k-images-idx3-ubyte``, optionally gzipped). Nothing is downloaded; a missing file is
+  a one-sentence error saying where to put it.
+
+Images are float tensors (n, 1, 28, 28) in [0, 1], white strokes on black. Rotation is
+counter-clockwise as displayed for positive angles (degrees), by one batched
+``affine_grid``/``grid_sample`` call (bilinear, zero padding): multiples of 90 degrees are
+exact permutations of the pixels.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scoregeo_cli.errors import ScoregeoError
+
+SOURCES = ("digits", "mnist", "fashion_mnist")
+SPLITS = ("train", "test")
+IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's class names
+IDX_IMAGES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+SIZE = 28
+DIGITS_BOX = 20  # MNIST centres each digit's 20x20 box in the 28x28 frame
+DIGITS_SPLIT_SEED = 20240  # fixed: training and runs must agree on the held-out digits
+
+
+def rotate(images: torch.Tensor, angles: torch.Tensor | float) -> torch.Tensor:
+    """Rotate images (B, C, H, W) counter-clockwise by ``angles`` degrees (B,) or a scalar.
+
+    Output pixel q samples the input at R(-angle) q about the image centre (bilinear, zeros
+    outside). Cosine and sine of multiples of 90 degrees are set exactly, so those rotations
+    reproduce ``torch.rot90`` up to the rounding of the sampling grid (exactly in float64).
+    """
+    b = images.shape[0]
+    angles = torch.as_tensor(angles, dtype=images.dtype).reshape(-1).expand(b)
+    quarter = angles / 90
+    exact = quarter == quarter.round()
+    rad = torch.deg2rad(angles)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    cos = torch.where(exact, cos.round(), cos)
+    sin = torch.where(exact, sin.round(), sin)
+    zero = torch.zeros_like(cos)
+    # affine_grid maps output (x right, y down) to input coordinates
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1), torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format; gzipped if the name ends in .gz) into an array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
+        raise ScoregeoError(f"{path} is not an IDX file (bad magic number); expected the MNIST file format")
+    dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
+    shape = tuple(int(v) for v in np.frombuffer(data, ">i4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    count = int(np.prod(shape))
+    if len(data) - offset < count * dtype.itemsize:
+        raise ScoregeoError(f"{path} is truncated: its header announces shape {shape}")
+    return np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape)
+
+
+def idx_images_path(source: str, root: str | Path, split: str) -> Path:
+    """The IDX image file of ``split`` in torchvision's layout; a missing file is an error."""
+    raw = Path(root).expanduser() / IDX_FOLDERS[source] / "raw"
+    name = IDX_IMAGES[split]
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise ScoregeoError(f"dataset.source={source} needs the file {name} (or {name}.gz) in {raw}/ "
+                        f"(torchvision's layout, nothing is downloaded): put it there or point "
+                        f"dataset.root at the folder that holds {IDX_FOLDERS[source]}/raw/")
+
+
+def load_idx_images(source: str, root: str | Path, split: str) -> torch.Tensor:
+    """(n, 1, 28, 28) float images in [0, 1] from an IDX file of uint8 pixels."""
+    path = idx_images_path(source, root, split)
+    array = read_idx(path)
+    if array.ndim != 3 or array.shape[1:] != (SIZE, SIZE):
+        raise ScoregeoError(f"{path} holds images of shape {array.shape[1:]}; 28x28 images were expected")
+    return torch.from_numpy(array.astype(np.float32) / 255.0)[:, None]
+
+
+def sklearn_digits_28() -> torch.Tensor:
+    """scikit-learn's 1797 digits (8x8, values 0..16) as (1797, 1, 28, 28) floats in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    images = torch.from_numpy(load_digits().images.astype(np.float32) / 16.0)[:, None]
+    box = F.interpolate(images, size=(DIGITS_BOX, DIGITS_BOX), mode="bilinear", align_corners=False)
+    pad = (SIZE - DIGITS_BOX) // 2
+    return F.pad(box.clamp(0, 1), (pad, pad, pad, pad))
+
+
+def _check_range(name: str, value) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not lo <= hi:
+        raise ScoregeoError(f"dataset.{name} must be [low, high] with low <= high degrees, got {[lo, hi]}")
+    return lo, hi
+
+
+class RotatedDigits:
+    """Digits and their rotations: training batches, pairs (same digit at two angles) and
+    ground-truth frames at any angle.
+
+    Args:
+        source: "digits" (the offline default), "mnist" or "fashion_mnist".
+        root: folder holding ``MNIST/raw/`` or ``FashionMNIST/raw/`` (IDX sources only).
+        train_angles: [low, high] degrees; training rotates digits uniformly in this range.
+        angle_a: [low, high] degrees from which the first angle of a pair is drawn.
+        angle_b: [low, high] degrees from which the second angle is drawn (> theta_a).
+        pair_split: "test" (held-out digits, the default) or "train".
+        test_fraction: share of scikit-learn's digits held out, in (0, 1).
+        max_images: keep at most this many images per split (null: all); IDX files only.
+    """
+
+    def __init__(self, source: str = "digits", root: str = "data", train_angles=(-90.0, 90.0),
+                 angle_a=(-45.0, -15.0), angle_b=(15.0, 45.0), pair_split: str = "test",
+                 test_fraction: float = 0.2, max_images: int | None = None):
+        if source not in SOURCES:
+            raise ScoregeoError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{source}'")
+        if pair_split not in SPLITS:
+            raise ScoregeoError(f"dataset.pair_split must be 'train' or 'test', got '{pair_split}'")
+        if not 0 < float(test_fraction) < 1:
+            raise ScoregeoError(f"dataset.test_fraction must lie in (0, 1), got {test_fraction}")
+        if max_images is not None and int(max_images) < 1:
+            raise ScoregeoError(f"dataset.max_images must be at least 1 or null, got {max_images}")
+        self.source, self.root, self.pair_split = source, str(root), pair_split
+        self.train_angles = _check_range("train_angles", train_angles)
+        self.angle_a = _check_range("angle_a", angle_a)
+        self.angle_b = _check_range("angle_b", angle_b)
+        if self.angle_b[0] <= self.angle_a[1]:
+            raise ScoregeoError(f"dataset.angle_b must lie above dataset.angle_a (theta_a < theta_b), "
+                                f"got angle_a={list(self.angle_a)}, angle_b={list(self.angle_b)}")
+        self.test_fraction = float(test_fraction)
+        self.max_images = None if max_images is None else int(max_images)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def images(self, split: str) -> torch.Tensor:
+        """Unrotated images of a split, (n, 1, 28, 28) in [0, 1]."""
+        if split not in SPLITS:
+            raise ScoregeoError(f"split must be 'train' or 'test', got '{split}'")
+        if split not in self._cache:
+            if self.source == "digits":
+                every = sklearn_digits_28()
+                order = torch.randperm(len(every), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+                n_test = int(round(self.test_fraction * len(every)))
+                picked = every[order[:n_test]] if split == "test" else every[order[n_test:]]
+            else:
+                picked = load_idx_images(self.source, self.root, split)
+            if self.max_images is not None:
+                picked = picked[: self.max_images]
+            self._cache[split] = picked.contiguous()
+        return self._cache[split]
+
+    def training_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Training digits rotated uniformly in ``train_angles``: (batch_size, 1, 28, 28)."""
+        images = self.images("train")
+        idx = torch.randint(len(images), (batch_size,), generator=generator)
+        lo, hi = self.train_angles
+        angles = lo + (hi - lo) * torch.rand(batch_size, generator=generator)
+        return rotate(images[idx], angles)
+
+    def pairs(self, n: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n pairs: unrotated digits (n, 1, 28, 28) from ``pair_split`` (distinct while the
+        split allows), theta_a (n,) and theta_b (n,) in degrees (float64), and the digits'
+        indices in the split (n,)."""
+        images = self.images(self.pair_split)
+        if n <= len(images):
+            idx = torch.randperm(len(images), generator=generator)[:n]
+        else:
+            idx = torch.randint(len(images), (n,), generator=generator)
+        theta_a = self.angle_a[0] + (self.angle_a[1] - self.angle_a[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+        theta_b = self.angle_b[0] + (self.angle_b[1] - self.angle_b[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return images[idx], theta_a, theta_b, idx
+
+    @staticmethod
+    def frames(digits: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Ground truth: digits (P, 1, H, W) at angles (P, T) -> (P, T, 1, H, W)."""
+        p, t = angles.shape
+        rep = digits[:, None].expand(p, t, *digits.shape[1:]).reshape(p * t, *digits.shape[1:])
+        return rotate(rep, angles.reshape(-1).to(digits.dtype)).reshape(p, t, *digits.shape[1:])
+
+    def real_rotated(self, n: int, generator: torch.Generator, tau_range: tuple[float, float]) -> torch.Tensor:
+        """n real digits of ``pair_split`` at the angles a method is asked for: draw a pair's
+        angles as ``pairs`` does and a tau uniform in ``tau_range``, rotate to
+        theta_a + tau (theta_b - theta_a). tau in [0, 1]: interpolation; beyond 1: extrapolation."""
+        digits, theta_a, theta_b, _ = self.pairs(n, generator)
+        tau = tau_range[0] + (tau_range[1] - tau_range[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
+        return rotate(digits, (theta_a + tau * (theta_b - theta_a)).float())
