@@ -47,7 +47,8 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ACCEPTS = ("a local diffusers folder with unet/, vae/ and scheduler/ subfolders, or a "
             "Hugging Face hub id already in the local cache (e.g. stabilityai/stable-diffusion-2-1-base)")
-_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                 "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -82,8 +83,8 @@ def check_checkpoint(folder: Path, pretrained: str, variant: str | None = None) 
     """Raise one ScoregeoError sentence if unet/, vae/ or scheduler/ lacks a file."""
     missing = []
     for sub in ("unet", "vae"):
-        names = [n.replace(".safetensors", f".{variant}.safetensors").replace(".bin", f".{variant}.bin")
-                 for n in _WEIGHT_NAMES] if variant else list(_WEIGHT_NAMES)
+        names = [n.replace("model.", f"model.{variant}.", 1) for n in _WEIGHT_NAMES] if variant \
+            else list(_WEIGHT_NAMES)
         if not (folder / sub / "config.json").is_file():
             missing.append(f"{sub}/config.json")
         elif not any((folder / sub / n).is_file() for n in names):

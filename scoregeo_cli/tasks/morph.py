@@ -159,7 +159,8 @@ class MorphTask:
         for start in range(0, n_pairs, self.pair_batch):
             batch = list(range(start, min(start + self.pair_batch, n_pairs)))
             images_a, images_b = dataset.load(batch)
-            real_features.append(inception_features(torch.cat([images_a, images_b]), cfg.eval.inception_batch))
+            real_features.append(inception_features(torch.cat([images_a, images_b]).to(device),
+                                                    cfg.eval.inception_batch).cpu())
             z_a = model.encode(images_a).double()
             z_b = model.encode(images_b).double()
             x_a, x_b = noisy_endpoints(model, z_a, z_b, t, shared_eps[batch].to(device),
@@ -177,11 +178,11 @@ class MorphTask:
                                      batch_size=model.chunk_size)
                 frames = model.decode(clean).reshape(len(batch), n_frames, 3, dataset.resolution,
                                                      dataset.resolution)
-                decoded[method] = frames
-                fake_features[method].append(
-                    inception_features(frames[:, 1:-1].reshape(-1, *frames.shape[2:]), cfg.eval.inception_batch))
+                decoded[method] = frames  # on the CPU; the metric networks run on the model's device
+                inner = frames[:, 1:-1].reshape(-1, *frames.shape[2:]).to(device)
+                fake_features[method].append(inception_features(inner, cfg.eval.inception_batch).cpu())
                 for k, p in enumerate(batch):
-                    d = consecutive_lpips(frames[k], net=net)
+                    d = consecutive_lpips(frames[k].to(device), net=net).cpu()
                     values = {"lpips": float(d.mean()), **path_metrics(d), "energy": float(energies[method][k]),
                               "seconds": seconds, "score_evals": evals}
                     values.update({key: float(v[k]) for key, v in extra.get(method, {}).items()})
