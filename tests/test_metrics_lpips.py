@@ -35,9 +35,10 @@ def test_lpips_matches_published_examples(net):
     assert distances.tolist() == pytest.approx(PUBLISHED[net], abs=1e-3)
 
 
-def test_lpips_of_identical_images_is_zero():
-    ref = _reference("ex_ref")
+def test_lpips_of_identical_images_is_zero_and_any_float_dtype_works():
+    ref, p0 = _reference("ex_ref"), _reference("ex_p0")
     assert float(lpips_distance(ref, ref)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(lpips_distance(ref.double(), p0.double())[0]) == pytest.approx(0.722, abs=1e-3)
 
 
 def test_lpips_repeats_grayscale_and_upsamples_small_images():

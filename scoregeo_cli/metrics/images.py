@@ -98,7 +98,7 @@ def lpips_distance(a: Tensor, b: Tensor, net: str = "alex") -> Tensor:
     """
     a, b = _pair(a, b)
     model = _lpips_model(net, a.device)
-    x, y = _rgb(a), _rgb(b)
+    x, y = _rgb(a).float(), _rgb(b).float()  # the networks are float32
     height, width = x.shape[-2:]
     if min(height, width) < LPIPS_MIN_SIDE:
         scale = LPIPS_MIN_SIDE / min(height, width)
