@@ -216,7 +216,8 @@ def to_markdown(r: Rendered) -> str:
 
 TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}", "±": r"$\pm$",
-               "↓": r"$\downarrow$", "↑": r"$\uparrow$", "→": r"$\to$", "–": "--", "`": ""}
+               "↓": r"$\downarrow$", "↑": r"$\uparrow$", "→": r"$\to$", "–": "--", "`": "",
+               "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def tex(text: str) -> str:
@@ -292,7 +293,7 @@ def _plt():
 
 
 def _caption(recipe: rc.Recipe, fig: rc.Figure, image: Path, sources: list[str], commit: str) -> str:
-    lines = [f"# {recipe.name}: {fig.name}", "", f"![{fig.name}]({image.name})", ""]
+    lines = [f"# {fig.name}: {recipe.title}", "", f"![{fig.name}]({image.name})", ""]
     if fig.caption:
         lines += [fig.caption, ""]
     lines += [f"Commit: {commit}.", "Sources:"] + [f"- {s}" for s in sources]
