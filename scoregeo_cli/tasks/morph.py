@@ -43,8 +43,6 @@ from scoregeo_cli.noisediffusion import NoiseDiffusion
 from scoregeo_cli.results import row
 
 METHODS = ("geodesic", "lerp", "slerp", "noisediffusion")
-PAIR_METRICS = ["lpips", "ppl", "pdv", "smoothness", "consistency", "energy", "seconds", "score_evals"]
-SET_METRICS = ["fid", "kid"]
 LPIPS_NETS = ("alex", "vgg")
 
 
