@@ -7,10 +7,11 @@ A recipe is a YAML file in ``experiments/`` (see ``experiments/README.md``). It 
 * ``table`` and/or ``figures``: the layout, whose groups name the run configuration that
   feeds them by its overrides (``run: [experiment=sphere, dataset.ambient_dim=10]``).
 
-Run folders are located exactly as Hydra names them: the sweep is expanded with Hydra's own
-override parser and basic sweeper, and each job's folder is
-``<output_root>/<experiment_name>/<override_dirname>/seed=<k>`` with the override dirname
-computed by Hydra's own function from the exclude keys of ``conf/config.yaml``.
+Run folders are located exactly as a run names them: the sweep is expanded with Hydra's own
+override parser and basic sweeper, each job's ``override_dirname`` is computed by Hydra's
+own function from the exclude keys of ``conf/config.yaml``, and the folder is the
+resolution of that file's ``hydra.sweep.dir``/``hydra.sweep.subdir`` templates with the
+resolvers ``scoregeo run`` registers (``<output_root>/<experiment_name>/<dirname>/seed=<k>``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from scoregeo_cli import app as _app  # noqa: F401  (registers the resolvers run folders are named with)
 from scoregeo_cli import results
 from scoregeo_cli.errors import ScoregeoError
 
@@ -42,25 +44,46 @@ BETTER_WORDS = ("lower", "higher", "none")
 
 @dataclass(frozen=True)
 class DirnameRule:
-    """How Hydra turns a job's overrides into its folder name (conf/config.yaml)."""
+    """How a multirun job's overrides become its run folder (conf/config.yaml)."""
 
     exclude_keys: tuple[str, ...]
     kv_sep: str = "="
     item_sep: str = ","
+    sweep_dir: str = "${output_root}/${experiment_name}"
+    subdir: str = "${dirname:${hydra.job.override_dirname}}/seed=${seed}"
 
     @classmethod
     def from_conf(cls, conf_dir: Path = CONF_DIR) -> "DirnameRule":
         cfg = OmegaConf.load(conf_dir / "config.yaml")
         rule = OmegaConf.select(cfg, "hydra.job.config.override_dirname", default=None) or {}
+        sweep = OmegaConf.to_container(OmegaConf.select(cfg, "hydra.sweep", default=None) or {}, resolve=False)
         return cls(exclude_keys=tuple(rule.get("exclude_keys", ())),
-                   kv_sep=rule.get("kv_sep", "="), item_sep=rule.get("item_sep", ","))
+                   kv_sep=rule.get("kv_sep", "="), item_sep=rule.get("item_sep", ","),
+                   sweep_dir=sweep.get("dir", cls.sweep_dir), subdir=sweep.get("subdir", cls.subdir))
 
-    def dirname(self, overrides: list[str]) -> str:
-        """Hydra's ``override_dirname`` of one job ("default" when empty, as app.py names it)."""
+    def override_dirname(self, overrides: list[str]) -> str:
+        """Hydra's ``hydra.job.override_dirname`` of one job (empty without overrides)."""
         parsed = [o for o in parse(overrides) if not o.is_hydra_override()]
-        name = get_overrides_dirname(overrides=parsed, exclude_keys=list(self.exclude_keys),
+        return get_overrides_dirname(overrides=parsed, exclude_keys=list(self.exclude_keys),
                                      item_sep=self.item_sep, kv_sep=self.kv_sep)
-        return name or "default"
+
+    def _resolve(self, template: str, root: Path, experiment: str, overrides: list[str], seed: int) -> str:
+        node = OmegaConf.create({"output_root": str(root), "experiment_name": experiment, "seed": seed,
+                                 "hydra": {"job": {"override_dirname": self.override_dirname(overrides)}}})
+        node["_folder"] = template
+        try:
+            return str(node._folder)
+        except Exception as err:  # a template this module cannot evaluate outside a run
+            raise ScoregeoError(f"cannot name run folders from conf/config.yaml ({template}): {err}") from None
+
+    def experiment_dir(self, root: Path, experiment: str) -> Path:
+        """``hydra.sweep.dir``: where all runs of one experiment live."""
+        return Path(self._resolve(self.sweep_dir, root, experiment, [], 0))
+
+    def folder(self, root: Path, experiment: str, overrides: list[str], seed: int) -> Path:
+        """The run folder of one job: ``hydra.sweep.dir / hydra.sweep.subdir``."""
+        return (self.experiment_dir(root, experiment)
+                / self._resolve(self.subdir, root, experiment, overrides, seed))
 
 
 def parse(overrides: list[str]):
@@ -128,6 +151,7 @@ class Group:
     label: str
     run: list[str]       # overrides naming the configuration, experiment=... first
     experiment: str      # the experiment_name (the folder under output_root)
+    file: str | None = None  # panels only: this panel's image glob, instead of the figure's
 
 
 @dataclass
@@ -135,6 +159,7 @@ class Table:
     groups: list[Group]
     rows: list[str] | str   # method names, or "all"
     sections: list[Section]
+    reference_rows: list[str] = field(default_factory=list)  # shown after the rows, never ranked
     group_header: str = "setting"
     row_header: str = "method"
 
@@ -202,7 +227,8 @@ def _group(path: Path, raw: Any, conf_dir: Path) -> Group:
     if set(plain) & {"seed"}:
         _fail(path, f"a group's 'run' may not set seed (the recipe's 'seeds' do): {run}")
     return Group(label=str(raw.get("label", " ".join(run))), run=run,
-                 experiment=experiment_name(plain["experiment"], conf_dir))
+                 experiment=experiment_name(plain["experiment"], conf_dir),
+                 file=str(raw["file"]) if raw.get("file") else None)
 
 
 def _better(path: Path, value: Any) -> str | float:
@@ -236,7 +262,11 @@ def _table(path: Path, raw: dict, conf_dir: Path) -> Table:
         if not cols:
             _fail(path, "each table section needs at least one column")
         sections.append(Section(title=sec.get("title"), columns=cols))
+    reference = raw.get("reference_rows") or []
+    if not isinstance(reference, list):
+        _fail(path, "table.reference_rows must be a list of method names")
     return Table(groups=groups, rows=rows if rows == "all" else [str(r) for r in rows], sections=sections,
+                 reference_rows=[str(r) for r in reference],
                  group_header=str(raw.get("group_header", "setting")),
                  row_header=str(raw.get("row_header", "method")))
 
@@ -248,9 +278,9 @@ def _figure(path: Path, raw: dict, table: Table | None, conf_dir: Path) -> Figur
     kind = "plot" if "plot" in raw else "panels"
     if kind == "panels":
         groups = [_group(path, g, conf_dir) for g in raw.get("panels") or []]
-        if not groups or not raw.get("file"):
+        if not groups or not (raw.get("file") or all(g.file for g in groups)):
             _fail(path, f"figure {name} needs 'file' (a glob in each run folder) and 'panels'")
-        return Figure(name=name, kind=kind, groups=groups, file=str(raw["file"]),
+        return Figure(name=name, kind=kind, groups=groups, file=str(raw.get("file") or ""),
                       seed=raw.get("seed"), ncols=int(raw.get("ncols", 0)),
                       caption=str(raw.get("caption", "")))
     plot = raw["plot"] or {}
@@ -300,9 +330,9 @@ def _check_coverage(recipe: Recipe, conf_dir: Path) -> None:
     for sweep in recipe.sweeps:
         for job in expand(sweep):
             exp = experiment_name(values(job)["experiment"], conf_dir)
-            produced.add((exp, rule.dirname(job)))
+            produced.add((exp, rule.override_dirname(job)))
     for group in recipe.groups():
-        if (group.experiment, rule.dirname(group.run)) not in produced:
+        if (group.experiment, rule.override_dirname(group.run)) not in produced:
             _fail(recipe.path, f"group '{group.label}' ({' '.join(group.run)}) is made by none of its sweeps")
 
 
@@ -322,12 +352,13 @@ def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Path:
 
 @dataclass
 class Located:
-    """Where one group's seeds are: run folder per seed (None: not finished)."""
+    """Where one group's seeds are: the expected run folder per seed, and the finished ones."""
 
     group: Group
-    dirname: str                       # the override dirname the runs live under
-    runs: dict[int, Path | None]
+    folders: dict[int, Path]           # expected run folder per seed
+    runs: dict[int, Path | None]       # finished run folder per seed (None: not finished)
     overrides: list[str]               # the group's overrides plus the extras in effect
+    root: Path
 
     @property
     def missing(self) -> list[int]:
@@ -335,9 +366,15 @@ class Located:
 
     def pattern(self) -> str:
         """``<experiment>/<dirname>/seed={0,1,2}``, relative to the output root."""
-        seeds = list(self.runs)
-        seed = str(seeds[0]) if len(seeds) == 1 else "{" + ",".join(map(str, seeds)) + "}"
-        return f"{self.group.experiment}/{self.dirname}/seed={seed}"
+        seeds = list(self.folders)
+        first = self.folders[seeds[0]]
+        try:
+            first = first.relative_to(self.root)
+        except ValueError:
+            pass
+        if len(seeds) > 1 and first.name == f"seed={seeds[0]}":
+            return f"{first.parent.as_posix()}/seed={{{','.join(map(str, seeds))}}}"
+        return first.as_posix()
 
     def command(self, hidden: tuple[str, ...] = ("output_root", "rerun")) -> str:
         """The sweep that makes these runs; where outputs go is not part of the config."""
@@ -363,9 +400,12 @@ class RunLocator:
         self.requires = list(requires)
         self.rule = DirnameRule.from_conf(conf_dir)
 
-    def folder(self, group: Group, seed: int) -> Path:
-        dirname = self.rule.dirname([*group.run, *self.extras])
-        return self.root / group.experiment / dirname / f"seed={seed}"
+    def _located(self, group: Group, overrides: list[str], seeds: list[int],
+                 runs: dict[int, Path] | None = None) -> Located:
+        folders = {s: self.rule.folder(self.root, group.experiment, overrides, s) for s in seeds}
+        if runs is None:
+            runs = {s: f for s, f in folders.items() if results.is_done(f)}
+        return Located(group, folders, {s: runs.get(s) for s in seeds}, overrides, self.root)
 
     def locate(self, group: Group, seeds: list[int]) -> Located:
         given = values(self.extras)
@@ -376,17 +416,15 @@ class RunLocator:
                 return found
             # nothing finished: name the folders with "..." where the user's values go
             overrides = [*group.run, *self.extras, *(f"{k}=..." for k in lacking)]
-            return Located(group, self.rule.dirname(overrides), {s: None for s in seeds}, overrides)
-        overrides = [*group.run, *self.extras]
-        runs = {s: (self.folder(group, s) if results.is_done(self.folder(group, s)) else None) for s in seeds}
-        return Located(group, self.rule.dirname(overrides), runs, overrides)
+            return self._located(group, overrides, seeds, runs={})
+        return self._located(group, [*group.run, *self.extras], seeds)
 
     def _scan(self, group: Group, seeds: list[int]) -> Located | None:
         """Finished runs of the group whose only difference is the value of required keys;
         of several such configurations, the one with most seeds (then the newest) wins."""
         want = self._key(group.run + self.extras)
         candidates: dict[tuple, dict[int, Path]] = {}
-        base = self.root / group.experiment
+        base = self.rule.experiment_dir(self.root, group.experiment)
         if not base.is_dir():
             return None
         for file in base.rglob("overrides.yaml"):
@@ -407,8 +445,7 @@ class RunLocator:
             return None
         required, runs = max(candidates.items(), key=lambda kv: (
             len(kv[1]), max((results_mtime(p) for p in kv[1].values()), default=0)))
-        overrides = [*group.run, *self.extras, *required]
-        return Located(group, self.rule.dirname(overrides), {s: runs.get(s) for s in seeds}, overrides)
+        return self._located(group, [*group.run, *self.extras, *required], seeds, runs)
 
     def _key(self, overrides: list[str]) -> frozenset:
         skip = set(self.rule.exclude_keys) | set(self.requires)

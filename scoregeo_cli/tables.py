@@ -153,10 +153,12 @@ class Rendered:
         lines = [
             "Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or points); n = number of seeds.",
             f"Bold: best in its column{within} ({'; '.join(parts) or 'no column is ranked'}; "
-            "columns without an arrow are not ranked); –: metric not reported.",
+            "columns without an arrow are not ranked"
+            + (f"; {', '.join(t.reference_rows)}: reference, not ranked" if t.reference_rows else "")
+            + "); –: metric not reported.",
             f"Commit: {self.commit}.",
-            "Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind each "
-            f"{t.group_header if len(t.groups) > 1 else 'row'}:",
+            "Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind "
+            f"{'each ' + t.group_header if len(t.groups) > 1 else 'the table'}:",
         ]
         for loc in self.located:
             label = f"{loc.group.label}: " if len(t.groups) > 1 else ""
@@ -181,13 +183,15 @@ def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], com
             block = [(loc.group.label, m, [cells.get((m, c.metric)) for c in section.columns]) for m in methods]
             for j, col in enumerate(section.columns):
                 mark_best([row[2][j] for row in block], col.better)
-            lines += block
+            reference = [(loc.group.label, m, [cells.get((m, c.metric)) for c in section.columns])
+                         for m in table.reference_rows]
+            lines += block + reference
         sections.append((section, lines))
     return Rendered(recipe, located, sections, commit, partial)
 
 
 def expected_folders(locator: rc.RunLocator, missing) -> list[Path]:
-    return [locator.root / loc.group.experiment / loc.dirname / f"seed={s}" for loc, s in missing]
+    return [loc.folders[s] for loc, s in missing]
 
 
 def to_markdown(r: Rendered) -> str:
@@ -305,14 +309,14 @@ def _panels(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]
     found, missing, unfinished, absent = [], [], [], []
     for group in fig.groups:
         loc = locator.locate(group, [seed])
-        run_dir = loc.runs[seed]
-        images = sorted(run_dir.glob(fig.file)) if run_dir is not None else []
+        run_dir, pattern = loc.runs[seed], group.file or fig.file
+        images = sorted(run_dir.glob(pattern)) if run_dir is not None else []
         if images:
             found.append((group, loc, images[0]))
             continue
-        missing.append((loc, seed, fig.file))
+        missing.append((loc, seed, pattern))
         folder = expected_folders(locator, [(loc, seed)])[0]
-        (unfinished if run_dir is None else absent).append(folder if run_dir is None else folder / fig.file)
+        (unfinished if run_dir is None else absent).append(folder if run_dir is None else folder / pattern)
     if missing and (not partial or not found):
         raise MissingRuns(unfinished, absent)
     plt = _plt()
@@ -517,8 +521,7 @@ def reproduce_main(argv: list[str], prog: str = "scoregeo reproduce") -> int:
 def sweep_folder(locator: rc.RunLocator, job: list[str]) -> Path:
     """The run folder Hydra gives one job of a sweep."""
     given = rc.values(job)
-    return (locator.root / rc.experiment_name(given["experiment"]) / locator.rule.dirname(job)
-            / f"seed={given['seed']}")
+    return locator.rule.folder(locator.root, rc.experiment_name(given["experiment"]), job, int(given["seed"]))
 
 
 def _print_written(written: list[Path]) -> None:

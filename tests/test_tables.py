@@ -196,16 +196,18 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
         table:
           groups: [{label: MorphBench, run: [experiment=sd_morphbench]}]
           rows: [geodesic, lerp]
+          reference_rows: [roundtrip]
           columns: [{metric: fid, label: FID, better: lower}]
         """))
     out = tmp_path / "out"
     job = ["experiment=sd_morphbench", "seed=0", "score.pretrained=/w/sd21"]
-    folder = recipes.DirnameRule.from_conf().dirname(job)
-    assert folder == "score.pretrained=/w/sd21"  # a path in an override nests folders
-    write_run(out / "sd_morphbench" / folder / "seed=0", {"geodesic": {"fid": 80.0}, "lerp": {"fid": 90.0}}, job)
+    folder = recipes.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
+    assert folder == out / "sd_morphbench" / "score.pretrained=_w_sd21" / "seed=0"  # as `scoregeo run` names it
+    write_run(folder, {"geodesic": {"fid": 80.0}, "lerp": {"fid": 90.0}, "roundtrip": {"fid": 10.0}}, job)
     assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "sd.md").read_text()
     assert "| geodesic | **80 ± 0 (n=1)** |" in md
+    assert "| roundtrip | 10 ± 0 (n=1) |" in md and "roundtrip: reference, not ranked" in md
     assert "`scoregeo run -m experiment=sd_morphbench score.pretrained=/w/sd21 seed=0`" in md
 
 
@@ -230,7 +232,9 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
           columns: [{metric: angle_deg, label: angle, better: 180}]
         figures:
           - {name: curves, plot: {metrics: [angle_deg]}}
-          - {name: panels, file: "*.png", panels: [{label: sphere, run: [experiment=sphere]}]}
+          - name: panels
+            file: "*.png"
+            panels: [{label: sphere 0, run: [experiment=sphere]}, {label: sphere 1, run: [experiment=sphere], file: sub/b.png}]
         """))
     out = tmp_path / "out"
     for seed in (0, 1):
@@ -239,6 +243,8 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
         write_run(run, {"sigma=0.05": {"angle_deg": 120.0 + seed}, "sigma=0.1": {"angle_deg": 170.0 + seed},
                         "sigma=0.5": {"angle_deg": 179.0}})
         plt.imsave(run / "noise_diagnostics.png", np.zeros((8, 16)))
+        (run / "sub").mkdir()
+        plt.imsave(run / "sub" / "b.png", np.ones((8, 16)))
     assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "noise.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| sigma")]
@@ -247,6 +253,7 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
     for name in ("curves", "panels"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 0
         assert "Commit: abc1234." in (out / "figures" / f"{name}.md").read_text()
+    assert "`sphere/default/seed=0/sub/b.png`" in (out / "figures" / "panels.md").read_text()
 
     (out / "sphere" / "default" / "seed=0" / "noise_diagnostics.png").unlink()
     assert tables.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 1
