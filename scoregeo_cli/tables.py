@@ -4,8 +4,9 @@
 and renders it; ``tables`` renders every recipe from what is already in the output root.
 
 A table cell aggregates over seeds: each run's ``summary.json`` holds, per method and
-metric, the mean over its pairs; the cell is the mean and sample standard deviation of
-those per-seed means, with n the number of seeds. The best value of each column is marked
+metric, the mean over its pairs (or points); the cell is the mean and sample standard
+deviation of those per-seed means, with n the number of seeds (non-finite ones left out and
+flagged with a dagger). The best value of each column is marked
 within each group of rows (bold in Markdown and LaTeX, ``best`` in the CSV).
 """
 
@@ -73,9 +74,10 @@ class Cell:
     std: float
     n: int
     best: bool = False
+    dropped: bool = False  # some pair of some run was non-finite and left out of its mean
 
     def text(self) -> str:
-        return f"{fmt(self.mean)} ± {fmt(self.std, 2)} (n={self.n})"
+        return f"{fmt(self.mean)} ± {fmt(self.std, 2)} (n={self.n})" + (" †" if self.dropped else "")
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -94,7 +96,7 @@ def read_summary(run_dir: Path) -> dict:
 def aggregate(located: rc.Located) -> tuple[dict, list[str]]:
     """{(method, metric): Cell} over the finished seeds of one group, and the methods in
     the order the runs list them."""
-    rows, methods = [], []
+    rows, methods, dropped = [], [], set()
     for seed, run_dir in located.runs.items():
         if run_dir is None:
             continue
@@ -103,7 +105,9 @@ def aggregate(located: rc.Located) -> tuple[dict, list[str]]:
                 methods.append(method)
             for metric, entry in metrics.items():
                 rows.append({"method": (method, metric), "metric": "value", "value": float(entry["mean"])})
-    cells = {key: Cell(e["value"]["mean"], e["value"]["std"], e["value"]["n"])
+                if entry.get("n_nonfinite", 0) or not math.isfinite(float(entry["mean"])):
+                    dropped.add((method, metric))
+    cells = {key: Cell(e["value"]["mean"], e["value"]["std"], e["value"]["n"], dropped=key in dropped)
              for key, e in summarize(rows).items()}
     return cells, methods
 
@@ -151,11 +155,17 @@ class Rendered:
         parts = [legend.get(m, f"{m} closest to {m[1:]} is best") for m in marks]
         within = f" within each {t.group_header}" if len(t.groups) > 1 else ""
         lines = [
-            "Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or points); n = number of seeds.",
+            "Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or "
+            "points); n = number of seeds.",
             f"Bold: best in its column{within} ({'; '.join(parts) or 'no column is ranked'}; "
             "columns without an arrow are not ranked"
             + (f"; {', '.join(t.reference_rows)}: reference, not ranked" if t.reference_rows else "")
             + "); –: metric not reported.",
+        ]
+        if any(c is not None and c.dropped for _, rows in self.sections for _, _, cells in rows for c in cells):
+            lines.append("†: some pairs (or whole seeds) gave NaN/Inf and are left out of this mean; "
+                         "n counts the seeds that remain.")
+        lines += [
             f"Commit: {self.commit}.",
             "Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind "
             f"{'each ' + t.group_header if len(t.groups) > 1 else 'the table'}:",

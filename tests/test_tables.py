@@ -204,10 +204,14 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
     folder = recipes.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
     assert folder == out / "sd_morphbench" / "score.pretrained=_w_sd21" / "seed=0"  # as `scoregeo run` names it
     write_run(folder, {"geodesic": {"fid": 80.0}, "lerp": {"fid": 90.0}, "roundtrip": {"fid": 10.0}}, job)
+    summary = yaml.safe_load((folder / "summary.json").read_text())
+    summary["lerp"]["fid"]["n_nonfinite"] = 2  # two pairs gave NaN: flagged, not hidden
+    atomic_write_json(folder / "summary.json", summary)
     assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "sd.md").read_text()
     assert "| geodesic | **80 ± 0 (n=1)** |" in md
     assert "| roundtrip | 10 ± 0 (n=1) |" in md and "roundtrip: reference, not ranked" in md
+    assert "| lerp | 90 ± 0 (n=1) † |" in md and "†: some pairs (or whole seeds) gave NaN/Inf" in md
     assert "`scoregeo run -m experiment=sd_morphbench score.pretrained=/w/sd21 seed=0`" in md
 
 
