@@ -7,7 +7,8 @@
   s(x_t) = -eps_theta(x_t, t) / sqrt(1 - abar_t).
 * ``ddim_denoise`` / ``ddim_invert``: deterministic DDIM (eta = 0) between level t and 0
   on any grid of timesteps, written from the DDIM update itself so that t need not lie on
-  a scheduler's inference grid (checked against diffusers' DDIMScheduler in the tests).
+  a scheduler's inference grid (checked against diffusers' DDIMScheduler in
+  tests/test_diffusion.py).
 """
 
 from __future__ import annotations
@@ -100,8 +101,10 @@ def ddim_denoise(eps_model: EpsModel, x_t: torch.Tensor, t: int, alphas_cumprod:
                  steps: int = 20, batch_size: int = 64, final_alpha: float = 1.0) -> torch.Tensor:
     """Deterministic DDIM from level t to a clean sample, for a batch (B, *shape).
 
-    The last step goes from level 0 to abar = ``final_alpha`` (1: the predicted x_0), as
-    diffusers' DDIMScheduler does with ``set_alpha_to_one``.
+    The levels are ``ddim_grid(t, steps)`` (t down to 0), and a last step goes from level 0
+    to abar = ``final_alpha`` (1: the predicted x_0), as diffusers' DDIMScheduler does with
+    ``set_alpha_to_one``: ``steps + 1`` network calls per sample. diffusers' 10-step
+    "leading" schedule from 900 equals ``t=900, steps=9``.
     """
     grid = ddim_grid(t, steps)
     out = []

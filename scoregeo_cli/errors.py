@@ -15,5 +15,4 @@ def check_finite(tensor, what: str, where: str) -> None:
 
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise NonFiniteError(f"{what} has {bad} NaN/Inf value(s) at {where}; "
-                             "lower metric.lam or check the score model")
+        raise NonFiniteError(f"{what} has {bad} NaN/Inf value(s) at {where}")

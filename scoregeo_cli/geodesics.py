@@ -28,7 +28,7 @@ class GeodesicResult:
     """A solved batch of curves.
 
     path: (P, N+1, D) nodes, endpoints included. energy: (P,) final curve energy.
-    energy_trace: energies (P,) after each accepted iteration. score_evals: batched score
+    energy_trace: the energies (P,) of the current paths after each iteration. score_evals: batched score
     evaluations used. seconds: wall time. converged: (P,) bool.
     """
 
@@ -168,7 +168,9 @@ class OptimizerSolver:
         if optimizer not in self.OPTIMIZERS:
             raise ScoregeoError(f"solver.optimizer must be one of {self.OPTIMIZERS}, got '{optimizer}'")
         _check_positive("solver.lr", lr)
-        _check_positive("solver.max_evals", max_evals)
+        if int(max_evals) < 2:
+            raise ScoregeoError(f"solver.max_evals must be at least 2 for an optimiser "
+                                f"(one step and the final energy), got {max_evals}")
         if tol < 0:
             raise ScoregeoError(f"solver.tol must be >= 0, got {tol}")
         self.optimizer, self.lr, self.max_evals = optimizer, float(lr), int(max_evals)

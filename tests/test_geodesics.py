@@ -162,3 +162,40 @@ def test_shooting_follows_the_great_circle_beyond_b():
 def test_bad_values_are_rejected_with_one_sentence(make, message):
     with pytest.raises(ScoregeoError, match=message):
         make()
+
+
+class TanhField(ScoreField):
+    """A non-conservative field u(x) = tanh(A x + c): its Jacobian is not symmetric."""
+
+    def __init__(self, a, c):
+        super().__init__(a.shape[0])
+        self.a, self.c = a, c
+
+    def _score(self, x):
+        return torch.tanh(x @ self.a.T + self.c)
+
+
+@pytest.mark.parametrize("normalize", ["none", "unit"])
+def test_geodesic_acceleration_matches_euler_lagrange_for_any_field(normalize):
+    """x'' from the Euler-Lagrange equations of L = 1/2 v^T (I + lam u u^T) v, by autograd."""
+    g = torch.Generator().manual_seed(5)
+    d = 4
+    field = TanhField(torch.randn(d, d, generator=g, dtype=torch.float64),
+                      torch.randn(d, generator=g, dtype=torch.float64))
+    metric = SteinMetric(field, 3.0, normalize=normalize)
+    x = torch.randn(2, d, generator=g, dtype=torch.float64)
+    v = torch.randn(2, d, generator=g, dtype=torch.float64)
+    got = metric.acceleration(x, v)
+
+    def lagrangian(q, qd):
+        return 0.5 * metric.norm_sq(q[None], qd[None])[0]
+
+    for p in range(2):
+        q, qd = x[p], v[p]
+        mass = torch.autograd.functional.hessian(lambda w: lagrangian(q, w), qd)
+        dl_dq = torch.autograd.functional.jacobian(lambda w: lagrangian(w, qd), q)
+        mixed = torch.autograd.functional.jacobian(
+            lambda w: torch.autograd.functional.jacobian(lambda z: lagrangian(w, z), qd, create_graph=True), q)
+        # d/dt dL/dqd = mass qdd + mixed qd = dL/dq
+        expected = torch.linalg.solve(mass, dl_dq - mixed @ qd)
+        assert torch.allclose(got[p], expected, rtol=1e-9, atol=1e-11)

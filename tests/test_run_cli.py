@@ -69,6 +69,12 @@ def test_noise_diagnostics_residual_shrinks_like_sigma_squared(compose_cfg, tmp_
     (["metric.normalize=l2"], "metric.normalize must be one of"),
     (["score=mlp", "score.checkpoint=/no/such/file.pt"], "score.checkpoint '/no/such/file.pt' does not exist"),
     (["score=mlp"], "score.checkpoint is required"),
+    (["dataset.angle_range=[10]"], "dataset.angle_range must be a list of two numbers"),
+    (["dataset.radius=-1"], "dataset.radius must be positive"),
+    (["experiment=ellipse", "dataset.semi_axes=[0,1]"], "dataset.semi_axes must both be positive"),
+    (["extrapolate.method=foo"], "extrapolate.method must be a torchdiffeq method"),
+    (["eval.methods=[]"], "eval.methods must list some of"),
+    (["experiment=circle", "score.exact=false", "score.n_samples=0"], "score.n_samples must be at least 1"),
 ])
 def test_bad_input_is_one_sentence_before_any_work(overrides, message, tmp_path):
     out = scoregeo("run", f"output_root={tmp_path}", *overrides, cwd=tmp_path)

@@ -78,3 +78,30 @@ def test_score_counts_batched_calls_and_rejects_nan():
     assert (score.calls, score.points) == (1, 5)
     with pytest.raises(NonFiniteError, match="score evaluation 2"):
         score(torch.full((1, 2), float("nan"), dtype=torch.float64))
+
+
+def test_bessel_ratio_at_large_order_matches_mpmath():
+    mpmath = pytest.importorskip("mpmath")
+    for nu, k in [(150.0, 0.5), (400.0, 50.0), (400.0, 5000.0), (1.5, 1e-3)]:
+        got = float(bessel_ratio(torch.tensor([k], dtype=torch.float64), nu))
+        ref = float(mpmath.besseli(nu + 1, k) / mpmath.besseli(nu, k))
+        assert abs(got - ref) < 1e-10 * ref
+
+
+def test_high_dimensional_sphere_score_is_finite_and_radial():
+    sphere = Sphere(300, 301, seed=0)
+    score = sphere.exact_score(1.0)
+    x = 1.1 * sphere.sample(4, torch.Generator().manual_seed(0))
+    s = score(x)
+    u = x - sphere.centre
+    cos = (s * u).sum(-1) / (s.norm(dim=-1) * u.norm(dim=-1))
+    assert torch.isfinite(s).all() and torch.allclose(cos.abs(), torch.ones(4, dtype=torch.float64))
+
+
+def test_curve_quadrature_score_matches_the_exact_circle_score():
+    circle = PlaneCurve((1.0, 1.0), ambient_dim=3, centre_offset=0.3, seed=0)
+    points, log_w = circle.quadrature(2048)
+    emp = EmpiricalScore(points, 0.2, log_weights=log_w)
+    exact = circle.exact_score(0.2)
+    x = circle.sample(6, torch.Generator().manual_seed(1)) * 1.1
+    assert torch.allclose(emp(x), exact(x), rtol=1e-8, atol=1e-8)

@@ -6,7 +6,8 @@ Every manifold is a subset of R^D with
 * ``pairs(n, generator)``: endpoint pairs (a, b), each (n, D), at the configured separation;
 * ``geodesic(a, b, m)``: m points along the true minimising geodesic from a to b, (m, D);
 * ``continuation(a, b, extra, m)``: the true geodesic extended beyond b, (m, D);
-* ``distance(x)``: Euclidean distance of points (..., D) to the manifold.
+* ``distance(x)``: Euclidean distance of points (..., D) to the manifold;
+* ``exact_score(sigma)``: the closed-form score of its smoothed density, or None.
 """
 
 from __future__ import annotations
@@ -150,11 +151,35 @@ class PlaneCurve:
         plane = torch.stack([a * torch.cos(phi), b * torch.sin(phi)], dim=-1)
         return self.centre + plane @ self.basis.T
 
+    def exact_score(self, sigma: float, chunk_size: int | None = None) -> SphereScore | None:
+        """Closed form for the uniform circle (a = b, uniform density); None otherwise."""
+        a, b = self.semi_axes
+        if a != b or self.density != "uniform":
+            return None
+        return SphereScore(self.basis, self.centre, a, sigma, chunk_size)
+
+    def quadrature(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n points evenly spaced in phi with log weights of the angle density, (n, D), (n,)."""
+        phi = 2 * math.pi * torch.arange(n, dtype=torch.float64) / n
+        log_w = torch.zeros_like(phi) if self.density == "uniform" else self.concentration * torch.cos(phi - self.mu)
+        return self.embed(phi), log_w
+
     def _angle(self, x: torch.Tensor) -> torch.Tensor:
-        """The parameter phi of the point of the curve nearest to x (dense search)."""
-        d = torch.cdist(x.reshape(-1, self.ambient_dim), self._dense[:-1])
-        idx = d.argmin(dim=-1)
-        return (2 * math.pi * idx / (self._dense.shape[0] - 1)).reshape(x.shape[:-1])
+        """The parameter phi of the point of the curve nearest to x: a dense search, then
+        Newton steps on d/dphi |embed(phi) - x|^2 = 0 in the curve's plane."""
+        flat = x.reshape(-1, self.ambient_dim)
+        idx = torch.cdist(flat, self._dense[:-1]).argmin(dim=-1)
+        phi = 2 * math.pi * idx.double() / (self._dense.shape[0] - 1)
+        p = (flat - self.centre) @ self.basis  # (M, 2) plane coordinates
+        a, b = self.semi_axes
+        for _ in range(6):
+            e = torch.stack([a * phi.cos(), b * phi.sin()], -1)
+            de = torch.stack([-a * phi.sin(), b * phi.cos()], -1)
+            dde = -e
+            grad = ((e - p) * de).sum(-1)
+            hess = (de * de).sum(-1) + ((e - p) * dde).sum(-1)
+            phi = phi - torch.where(hess > 0, grad / hess.clamp_min(1e-12), torch.zeros_like(grad))
+        return (phi % (2 * math.pi)).reshape(x.shape[:-1])
 
     def _sample_angles(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.density == "uniform":
@@ -203,8 +228,8 @@ class PlaneCurve:
         return self._arc_length(*self._arc_angles(a, b))
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Nearest point of the curve to each x (..., D), on the dense polyline."""
-        return polyline_project(x.reshape(-1, self.ambient_dim), self._dense).reshape(x.shape)
+        """Nearest point of the curve to each x (..., D) (dense search + Newton, see _angle)."""
+        return self.embed(self._angle(x))
 
     def distance(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.project(x)).norm(dim=-1)

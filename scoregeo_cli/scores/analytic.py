@@ -3,9 +3,11 @@
 * ``SphereScore``: the uniform measure on a sphere S^d of radius r, embedded isometrically
   in R^D, convolved with N(0, sigma^2 I) (variance-exploding convention). Closed form with
   a ratio of modified Bessel functions.
-* ``EmpiricalScore``: the exact score of the smoothed empirical measure of samples
-  y_1..y_n, sum_i w_i(x) (y_i - x) / sigma^2 with softmax weights. An oracle for any
-  manifold that can be sampled.
+* ``EmpiricalScore``: the exact score of a smoothed weighted point measure
+  sum_i pi_i delta(y_i): sum_i w_i(x) (y_i - x) / sigma^2 with w_i proportional to
+  pi_i exp(-|x - y_i|^2 / 2 sigma^2). With a fine quadrature of a manifold's density (curves)
+  it is that density's smoothed score to quadrature accuracy; with random samples, the
+  score of the smoothed empirical measure.
 """
 
 from __future__ import annotations
@@ -14,23 +16,56 @@ import numpy as np
 import torch
 from scipy.special import ive
 
+from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.scores.base import ScoreField
+
+
+def _ratio_continued_fraction(nu: float, k: np.ndarray, tol: float = 1e-15,
+                               max_terms: int = 200_000) -> np.ndarray:
+    """I_{nu+1}(k)/I_nu(k) = 1 / (b_1 + 1 / (b_2 + ...)), b_j = 2 (nu + j) / k (k > 0).
+
+    Gauss' continued fraction, evaluated by the modified Lentz method. It needs about
+    k / nu terms, so it serves where SciPy's scaled Bessel values underflow (large nu,
+    moderate k), not for k >> nu.
+    """
+    tiny = 1e-300
+    f = 2 * (nu + 1) / k
+    c, d = f.copy(), np.zeros_like(k)
+    for j in range(2, max_terms):
+        b = 2 * (nu + j) / k
+        d = b + d
+        d = 1 / np.where(d == 0, tiny, d)
+        c = b + 1 / c
+        delta = c * d
+        f = f * delta
+        if np.all(np.abs(delta - 1) < tol):
+            break
+    return 1 / f
+
+
+def _ratio(nu: float, k: np.ndarray) -> np.ndarray:
+    small = k < 1e-8
+    safe = np.where(small, 1.0, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = ive(nu + 1, safe) / ive(nu, safe)
+    bad = ~np.isfinite(ratio) & np.isfinite(safe)
+    if bad.any():
+        ratio[bad] = _ratio_continued_fraction(nu, safe[bad])
+    return np.where(small, k / (2 * nu + 2), ratio)
 
 
 class _BesselRatio(torch.autograd.Function):
     """R_nu(k) = I_{nu+1}(k) / I_nu(k), elementwise, differentiable to any order.
 
-    Values come from SciPy's exponentially scaled Bessel functions (stable for large k);
-    the derivative uses the identity R' = 1 - R^2 - (2 nu + 1) R / k, written in torch ops
-    on the saved output so that double backward works too.
+    Values come from SciPy's exponentially scaled Bessel functions (stable for large k),
+    or from the continued fraction where those underflow (large nu); the derivative uses
+    the identity R' = 1 - R^2 - (2 nu + 1) R / k, written in torch ops on the saved output
+    so that double backward works too.
     """
 
     @staticmethod
     def forward(ctx, kappa: torch.Tensor, nu: float) -> torch.Tensor:
-        k = kappa.detach().cpu().double().numpy()
-        small = k < 1e-8
-        safe = np.where(small, 1.0, k)
-        ratio = np.where(small, k / (2 * nu + 2), ive(nu + 1, safe) / ive(nu, safe))
+        ratio = _ratio(nu, kappa.detach().cpu().double().numpy())
         out = torch.from_numpy(ratio).to(kappa)
         ctx.nu = nu
         ctx.save_for_backward(kappa, out)
@@ -84,23 +119,29 @@ class SphereScore(ScoreField):
 
 
 class EmpiricalScore(ScoreField):
-    """Exact score of (1/n) sum_i N(y_i, sigma^2 I): sum_i w_i(x) (y_i - x) / sigma^2.
+    """Exact score of sum_i pi_i N(y_i, sigma^2 I): sum_i w_i(x) (y_i - x) / sigma^2.
 
     Args:
         samples: (n, D) points of the manifold.
         sigma: noise standard deviation > 0.
+        log_weights: (n,) log pi_i up to a constant; None for equal weights.
     """
 
-    def __init__(self, samples: torch.Tensor, sigma: float, chunk_size: int | None = None):
+    def __init__(self, samples: torch.Tensor, sigma: float, chunk_size: int | None = None,
+                 log_weights: torch.Tensor | None = None):
         super().__init__(samples.shape[1], chunk_size)
         self.samples = samples.double()
         self.sigma = float(sigma)
         self._sq = (self.samples**2).sum(-1)
+        self.log_weights = None if log_weights is None else log_weights.double()
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         var = self.sigma**2
         sq_dist = (x**2).sum(-1, keepdim=True) - 2 * x @ self.samples.T + self._sq
-        weights = torch.softmax(-sq_dist / (2 * var), dim=-1)  # (B, n)
+        logits = -sq_dist / (2 * var)
+        if self.log_weights is not None:
+            logits = logits + self.log_weights
+        weights = torch.softmax(logits, dim=-1)  # (B, n)
         return (weights @ self.samples - x) / var
 
 
@@ -108,10 +149,19 @@ def analytic_score(manifold, sigma: float, exact: bool = True, n_samples: int = 
                    seed: int = 0, chunk_size: int | None = None) -> ScoreField:
     """The exact score of ``manifold`` smoothed at ``sigma``.
 
-    Uses the closed form when the manifold has one and ``exact`` is true, else the exact
-    score of the smoothed empirical measure of ``n_samples`` samples of the manifold.
+    Uses the closed form when the manifold has one and ``exact`` is true; else, for a
+    manifold with a ``quadrature`` (curves), the smoothed score of an ``n_samples``-point
+    quadrature of its density; else the smoothed empirical measure of ``n_samples``
+    random samples.
     """
-    if exact and hasattr(manifold, "exact_score"):
+    if not sigma > 0:
+        raise ScoregeoError(f"score.sigma must be positive, got {sigma}")
+    if int(n_samples) < 1:
+        raise ScoregeoError(f"score.n_samples must be at least 1, got {n_samples}")
+    if exact and manifold.exact_score(sigma, chunk_size=chunk_size) is not None:
         return manifold.exact_score(sigma, chunk_size=chunk_size)
+    if hasattr(manifold, "quadrature"):
+        points, log_weights = manifold.quadrature(int(n_samples))
+        return EmpiricalScore(points, sigma, chunk_size, log_weights)
     generator = torch.Generator().manual_seed(seed + 7919)
-    return EmpiricalScore(manifold.sample(n_samples, generator), sigma, chunk_size)
+    return EmpiricalScore(manifold.sample(int(n_samples), generator), sigma, chunk_size)

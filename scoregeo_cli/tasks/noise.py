@@ -41,6 +41,8 @@ class NoiseDiagnosticsTask:
         sigmas = [float(s) for s in cfg.eval.sigmas]
         if not sigmas or min(sigmas) <= 0:
             raise ScoregeoError(f"eval.sigmas must be a non-empty list of positive levels, got {sigmas}")
+        if int(cfg.eval.points) < 1:
+            raise ScoregeoError(f"eval.points must be at least 1, got {cfg.eval.points}")
         if not cfg.eval.perturbation > 0:
             raise ScoregeoError(f"eval.perturbation must be positive, got {cfg.eval.perturbation}")
         manifold = instantiate(cfg.dataset)

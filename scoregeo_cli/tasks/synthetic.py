@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from scoregeo_cli.baselines import lerp, slerp, slerp_at
 from scoregeo_cli.build import build_metric, build_score, instantiate
@@ -26,21 +26,35 @@ EXTRAPOLATION_METRICS = ["extrapolation_error_max"]
 BASELINES = ("lerp", "slerp")
 
 
+def _pair_of_numbers(value, key: str) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple, ListConfig)) or len(value) != 2 \
+            or not all(isinstance(v, (int, float)) for v in value):
+        raise ScoregeoError(f"{key} must be a list of two numbers, got {value}")
+    return float(value[0]), float(value[1])
+
+
 def validate_manifold(cfg: DictConfig) -> None:
+    """Refuse out-of-range dataset, score and eval values with one sentence."""
     d = cfg.dataset
     if "intrinsic_dim" in d:
-        if d.intrinsic_dim < 1:
-            raise ScoregeoError(f"dataset.intrinsic_dim must be >= 1, got {d.intrinsic_dim}")
-        if d.intrinsic_dim >= d.ambient_dim:
+        if not isinstance(d.intrinsic_dim, int) or d.intrinsic_dim < 1:
+            raise ScoregeoError(f"dataset.intrinsic_dim must be an integer >= 1, got {d.intrinsic_dim}")
+        if not isinstance(d.ambient_dim, int) or d.intrinsic_dim >= d.ambient_dim:
             raise ScoregeoError(f"dataset.intrinsic_dim must be below dataset.ambient_dim "
                                 f"(d < D), got d={d.intrinsic_dim}, D={d.ambient_dim}")
-    elif d.ambient_dim < 2:
-        raise ScoregeoError(f"dataset.ambient_dim must be >= 2 for a plane curve, got {d.ambient_dim}")
-    if "density" in d and d.density not in ("uniform", "von_mises"):
-        raise ScoregeoError(f"dataset.density must be 'uniform' or 'von_mises', got '{d.density}'")
-    lo, hi = d.angle_range
+        if not d.radius > 0:
+            raise ScoregeoError(f"dataset.radius must be positive, got {d.radius}")
+    else:
+        if not isinstance(d.ambient_dim, int) or d.ambient_dim < 2:
+            raise ScoregeoError(f"dataset.ambient_dim must be an integer >= 2 for a plane curve, got {d.ambient_dim}")
+        axes = _pair_of_numbers(d.semi_axes, "dataset.semi_axes")
+        if min(axes) <= 0:
+            raise ScoregeoError(f"dataset.semi_axes must both be positive, got {list(axes)}")
+        if d.density not in ("uniform", "von_mises"):
+            raise ScoregeoError(f"dataset.density must be 'uniform' or 'von_mises', got '{d.density}'")
+    lo, hi = _pair_of_numbers(d.angle_range, "dataset.angle_range")
     if not 0 < lo <= hi < 180:
-        raise ScoregeoError(f"dataset.angle_range must satisfy 0 < low <= high < 180 degrees, got {list(d.angle_range)}")
+        raise ScoregeoError(f"dataset.angle_range must satisfy 0 < low <= high < 180 degrees, got {[lo, hi]}")
     if "sigma" in cfg.score and not cfg.score.sigma > 0:
         raise ScoregeoError(f"score.sigma must be positive, got {cfg.score.sigma}")
     if cfg.n_pairs < 1:
@@ -66,8 +80,10 @@ class SyntheticTask:
         shooter = instantiate(cfg.extrapolate)
         methods = list(cfg.eval.methods)
         unknown = set(methods) - {"geodesic", *BASELINES}
-        if unknown:
-            raise ScoregeoError(f"eval.methods may hold geodesic, lerp, slerp; unknown: {sorted(unknown)}")
+        if unknown or not methods:
+            raise ScoregeoError(f"eval.methods must list some of geodesic, lerp, slerp; got {methods}")
+        if int(cfg.eval.geodesic_points) < 2:
+            raise ScoregeoError(f"eval.geodesic_points must be at least 2, got {cfg.eval.geodesic_points}")
 
         generator = torch.Generator().manual_seed(int(cfg.seed))
         a, b = manifold.pairs(int(cfg.n_pairs), generator)

@@ -1,0 +1,59 @@
+"""Ground truth of the synthetic manifolds: arcs, shorter arcs, continuations, densities."""
+
+import math
+
+import torch
+
+from scoregeo_cli.data.synthetic import PlaneCurve, Sphere
+
+
+def test_sphere_pairs_lie_on_the_sphere_at_the_requested_angle():
+    sphere = Sphere(3, 7, radius=2.0, centre_offset=0.5, angle_range=(70, 70), seed=1)
+    a, b = sphere.pairs(5, torch.Generator().manual_seed(0))
+    assert float(sphere.distance(torch.cat([a, b])).max()) < 1e-12
+    ua, ub = a - sphere.centre, b - sphere.centre
+    angle = torch.rad2deg(torch.arccos((ua * ub).sum(-1) / (ua.norm(dim=-1) * ub.norm(dim=-1))))
+    assert torch.allclose(angle, torch.full_like(angle, 70.0))
+    geo = sphere.geodesic(a[0], b[0], 101)
+    assert torch.allclose(geo[0], a[0]) and torch.allclose(geo[-1], b[0])
+    length = float((geo[1:] - geo[:-1]).norm(dim=-1).sum())
+    assert abs(length - 2.0 * math.radians(70)) < 1e-4  # r * theta
+
+
+def test_circle_geodesic_takes_the_shorter_arc_and_continues_along_it():
+    circle = PlaneCurve((1.0, 1.0), ambient_dim=2, seed=0)
+    a = circle.embed(torch.tensor(0.3, dtype=torch.float64))
+    b = circle.embed(torch.tensor(0.3 + math.radians(200), dtype=torch.float64))  # shorter way: 160 deg back
+    geo = circle.geodesic(a, b, 201)
+    assert torch.allclose(geo[0], a, atol=1e-9) and torch.allclose(geo[-1], b, atol=1e-9)
+    assert abs(circle.geodesic_length(a, b) - math.radians(160)) < 1e-6
+    mid = geo[100]
+    assert torch.allclose(mid, circle.embed(torch.tensor(0.3 - math.radians(80), dtype=torch.float64)), atol=1e-6)
+    cont = circle.continuation(a, b, 0.5, 101)
+    assert torch.allclose(cont[-1], circle.embed(torch.tensor(0.3 - math.radians(240), dtype=torch.float64)), atol=1e-6)
+
+
+def test_ellipse_projection_is_exact_off_the_grid():
+    ellipse = PlaneCurve((1.5, 0.75), ambient_dim=4, centre_offset=0.2, seed=3)
+    phi = torch.tensor([0.123456, 2.5, 4.0], dtype=torch.float64)
+    on = ellipse.embed(phi)
+    assert torch.allclose(ellipse._angle(on), phi, atol=1e-10)
+    assert float(ellipse.distance(on).max()) < 1e-9
+
+
+def test_von_mises_sampler_has_the_right_mean_resultant():
+    from scipy.special import i0, i1
+
+    curve = PlaneCurve((1.0, 1.0), density="von_mises", mu=1.0, concentration=2.0, seed=0)
+    phi = curve._sample_angles(200_000, torch.Generator().manual_seed(0))
+    resultant = torch.stack([phi.cos().mean(), phi.sin().mean()])
+    assert abs(float(resultant.norm()) - i1(2.0) / i0(2.0)) < 5e-3
+    assert abs(float(torch.atan2(resultant[1], resultant[0])) - 1.0) < 1e-2
+
+
+def test_curve_distance_of_points_off_its_plane():
+    circle = PlaneCurve((1.0, 1.0), ambient_dim=3, seed=0)
+    normal = torch.linalg.svd(circle.basis.T).Vh[-1]  # unit normal of the circle's plane
+    x = circle.embed(torch.tensor([0.7], dtype=torch.float64)) * 1.2 + 0.5 * normal
+    # in-plane offset 0.2 from the circle, 0.5 off the plane
+    assert abs(float(circle.distance(x)) - math.hypot(0.2, 0.5)) < 1e-9
