@@ -88,7 +88,8 @@ def lpips_distance(a: Tensor, b: Tensor, net: str = "alex") -> Tensor:
         net: trunk, ``"alex"`` (AlexNet, the LPIPS default) or ``"vgg"`` (VGG16).
 
     Returns:
-        (B,) float32 tensor on ``a``'s device; 0 for identical images.
+        (B,) float32 tensor on ``a``'s device, computed without gradients; 0 for identical
+        images.
 
     Inputs are scaled to [-1, 1] as LPIPS expects. If the shorter side is below 64 px,
     both images are first upsampled with bilinear interpolation (``align_corners=False``,
