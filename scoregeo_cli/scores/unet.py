@@ -1,0 +1,367 @@
+"""A small diffusers ``UNet2DModel`` trained on rotated digits, as a score field.
+
+``load_unet_score(checkpoint, t)`` (the ``score=unet`` factory) loads a checkpoint and
+returns a :class:`UNetScore`, the score of the noisy marginal at level t,
+s(x_t) = -eps_theta(x_t, t) / sqrt(1 - abar_t), on flat vectors of 784 = 1x28x28 pixels
+scaled to [-1, 1] (the model's data range: x = 2 * image - 1).
+
+A checkpoint is two files side by side: ``<name>.safetensors`` (the EMA weights) and
+``<name>.json`` (the UNet2DModel config, the diffusers noise-schedule config, the data
+range and a record of the training). ``checkpoint: null`` means the one shipped in the
+package (``scoregeo_cli/checkpoints/rotated_digits_unet.*``), trained by
+``scoregeo train experiment=rotated_mnist`` on the offline default source.
+
+``train_unet`` is that command's trainer: eps-prediction with a diffusers DDPMScheduler
+(linear betas 1e-4..0.02 over 1000 steps by default), AdamW with warm-up and cosine decay,
+an EMA of the weights (diffusers' EMAModel), a tqdm progress bar, and a resumable
+training state written every ``checkpoint_every`` steps (and on Ctrl-C): running the same
+command again continues where it stopped. At the end it exports the EMA weights, draws
+samples with DDIM from pure noise and scores them with FID/KID against real rotated digits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from scoregeo_cli.diffusion import EpsScoreField, alphas_cumprod_from, ddim_denoise
+from scoregeo_cli.errors import ScoregeoError, check_finite
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+PACKAGED = CHECKPOINT_DIR / "rotated_digits_unet.safetensors"
+FORMAT = "scoregeo-unet/1"
+STATE_FILE = "train_state.pt"
+EXPORT_NAME = "unet.safetensors"
+SAMPLE_SHAPE = (1, 28, 28)
+
+DEFAULT_ARCHITECTURE = {"block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8}
+DEFAULT_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4,
+                    "beta_end": 0.02}
+
+
+def build_unet(block_out_channels=(16, 32, 64), layers_per_block: int = 1, norm_num_groups: int = 8,
+               sample_size: int = 28, channels: int = 1):
+    """A UNet2DModel without attention: one resolution per entry of ``block_out_channels``
+    (28 -> 14 -> 7 for three), ``layers_per_block`` ResNet blocks at each, and a mid block
+    of ResNets only. (Geodesic shooting differentiates the score twice; PyTorch's fused CPU
+    attention has no second derivative, and a 7x7 attention adds little to a digit model.)"""
+    from diffusers import UNet2DModel
+
+    levels = len(block_out_channels)
+    if levels < 1 or any(int(c) % int(norm_num_groups) for c in block_out_channels):
+        raise ScoregeoError(f"score.train.model.block_out_channels must be multiples of norm_num_groups "
+                            f"({norm_num_groups}), got {list(block_out_channels)}")
+    if sample_size % (2 ** (levels - 1)):
+        raise ScoregeoError(f"{levels} UNet levels halve {sample_size} px {levels - 1} times, which does not "
+                            "divide evenly; use fewer block_out_channels")
+    return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                       block_out_channels=tuple(int(c) for c in block_out_channels),
+                       layers_per_block=int(layers_per_block), norm_num_groups=int(norm_num_groups),
+                       down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                       add_attention=False)
+
+
+def _plain_config(config) -> dict:
+    """A diffusers config as a JSON-able dict without its private keys."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: dict | None = None) -> Path:
+    """Write ``path`` (.safetensors weights) and the JSON beside it; returns ``path``."""
+    from safetensors.torch import save_file
+
+    from scoregeo_cli.results import atomic_write_json
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ScoregeoError(f"a UNet checkpoint path must end in .safetensors, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+    atomic_write_json(path.with_suffix(".json"), {
+        "format": FORMAT, "unet": _plain_config(model.config), "scheduler": _plain_config(scheduler_config),
+        "sample_shape": list(SAMPLE_SHAPE), "data_range": [-1.0, 1.0], "training": training or {}})
+    return path
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+    """The .safetensors file of ``score.checkpoint`` (null: the packaged one), checked."""
+    if checkpoint is None or str(checkpoint).strip() in ("", "null", "None"):
+        if not PACKAGED.is_file() or not PACKAGED.with_suffix(".json").is_file():
+            raise ScoregeoError(f"the packaged UNet checkpoint {PACKAGED} is missing; train one with "
+                                "`scoregeo train experiment=rotated_mnist` and pass score.checkpoint=<its path>")
+        return PACKAGED
+    path = Path(str(checkpoint)).expanduser()
+    if path.is_dir():
+        path = path / EXPORT_NAME
+    if not path.is_file():
+        raise ScoregeoError(f"score.checkpoint={checkpoint} does not exist; pass the {EXPORT_NAME} written by "
+                            "`scoregeo train experiment=rotated_mnist`, or null for the packaged checkpoint")
+    if path.suffix != ".safetensors" or not path.with_suffix(".json").is_file():
+        raise ScoregeoError(f"score.checkpoint={checkpoint} must be a .safetensors file with its .json "
+                            "config beside it, as `scoregeo train experiment=rotated_mnist` writes them")
+    return path
+
+
+def load_checkpoint(checkpoint: str | os.PathLike | None = None):
+    """(model in eval mode without parameter gradients, alphas_cumprod (T,) float64, meta dict)."""
+    from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    path = resolve_checkpoint(checkpoint)
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ScoregeoError(f"cannot read the checkpoint config {path.with_suffix('.json')}: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise ScoregeoError(f"{path.with_suffix('.json')} is not a scoregeo UNet checkpoint config "
+                            f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+    if meta["scheduler"].get("prediction_type", "epsilon") != "epsilon":
+        raise ScoregeoError(f"{path} predicts {meta['scheduler']['prediction_type']}; only epsilon models are supported")
+    model = UNet2DModel.from_config(meta["unet"])
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as err:
+        raise ScoregeoError(f"{path} does not match its config: {str(err).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    return model, alphas_cumprod_from(meta["scheduler"]), meta
+
+
+class UNetEps:
+    """eps_model(x (B, 1, 28, 28), t: int) -> predicted noise, in the caller's dtype.
+
+    The network runs in float32; points may come in float64 (the geodesic solver's dtype).
+    Differentiable with respect to x (the parameters carry no gradient).
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        timesteps = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
+        return self.model(x.float(), timesteps).sample.to(x.dtype)
+
+
+class UNetScore(EpsScoreField):
+    """The score of a rotated-digits UNet at level t, on flat (B, 784) vectors in [-1, 1] scale.
+
+    Extra attributes: ``model`` (the UNet2DModel), ``checkpoint`` (its path), ``meta`` (its
+    JSON: configs and training record), ``sample_shape`` (1, 28, 28).
+    """
+
+    def __init__(self, model, alphas_cumprod: torch.Tensor, t: int, chunk_size: int | None,
+                 checkpoint: Path, meta: dict):
+        self.sample_shape = tuple(meta.get("sample_shape", SAMPLE_SHAPE))
+        super().__init__(UNetEps(model), self.sample_shape, t, alphas_cumprod, chunk_size)
+        self.model, self.checkpoint, self.meta = model, checkpoint, meta
+
+
+def load_unet_score(checkpoint: str | None = None, t: int = 400, chunk_size: int | None = 128) -> UNetScore:
+    """score=unet: the packaged (``checkpoint: null``) or a trained checkpoint, at level t."""
+    if chunk_size is not None and int(chunk_size) < 1:
+        raise ScoregeoError(f"score.chunk_size must be at least 1 or null, got {chunk_size}")
+    model, abar, meta = load_checkpoint(checkpoint)
+    return UNetScore(model, abar, int(t), None if chunk_size is None else int(chunk_size),
+                     resolve_checkpoint(checkpoint), meta)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _sample_grid(images: torch.Tensor, path: Path, columns: int = 16) -> None:
+    """Save (n, 1, H, W) images in [0, 1] as one grayscale PNG grid."""
+    import numpy as np
+    from PIL import Image
+
+    n, _, h, w = images.shape
+    rows = math.ceil(n / columns)
+    canvas = np.zeros((rows * h, columns * w), dtype=np.uint8)
+    pixels = (images[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    for i in range(n):
+        r, c = divmod(i, columns)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = pixels[i]
+    Image.fromarray(canvas).save(path)
+
+
+@torch.no_grad()
+def generate(model, alphas_cumprod: torch.Tensor, n: int, generator: torch.Generator, steps: int = 50,
+             batch_size: int = 128) -> torch.Tensor:
+    """n samples (n, 1, 28, 28) in [0, 1]: deterministic DDIM from pure noise at the last level."""
+    noise = torch.randn(n, *SAMPLE_SHAPE, generator=generator)
+    top = alphas_cumprod.numel() - 1
+    x = ddim_denoise(UNetEps(model), noise, top, alphas_cumprod, steps=steps, batch_size=batch_size)
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1) -> float:
+    """Mean squared eps error on held-out digits at uniform training angles and levels."""
+    gen = torch.Generator().manual_seed(seed)
+    images = dataset.images("test")
+    lo, hi = dataset.train_angles
+    idx = torch.randint(len(images), (n,), generator=gen)
+    from scoregeo_cli.data.rotated_mnist import rotate
+
+    x0 = rotate(images[idx], lo + (hi - lo) * torch.rand(n, generator=gen)) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    ts = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+    pred = torch.cat([model(xb, tb).sample for xb, tb in zip(scheduler.add_noise(x0, noise, ts).split(128), ts.split(128))])
+    return float(F.mse_loss(pred, noise))
+
+
+def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_size: int = 32, lr: float = 2e-3,
+               warmup: int = 100, weight_decay: float = 0.0, grad_clip: float = 1.0, ema_decay: float = 0.999,
+               checkpoint_every: int = 200, model: dict | None = None, schedule: dict | None = None,
+               fid_samples: int = 64, sample_steps: int = 50, test_loss_samples: int = 512,
+               threads: int | None = None) -> Path:
+    """Train an eps-prediction UNet on rotated digits of ``cfg.dataset``; return the exported
+    EMA checkpoint ``<out_dir>/unet.safetensors`` (see the module docstring)."""
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from hydra.utils import instantiate
+    from tqdm import tqdm
+
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
+                        ("sample_steps", sample_steps)):
+        if int(value) < 1:
+            raise ScoregeoError(f"score.train.{name} must be at least 1, got {value}")
+    if not lr > 0:
+        raise ScoregeoError(f"score.train.lr must be positive, got {lr}")
+    if not 0 <= ema_decay < 1:
+        raise ScoregeoError(f"score.train.ema_decay must lie in [0, 1), got {ema_decay}")
+    if int(test_loss_samples) < 1:
+        raise ScoregeoError(f"score.train.test_loss_samples must be at least 1, got {test_loss_samples}")
+    if fid_samples and int(fid_samples) < 2:
+        raise ScoregeoError(f"score.train.fid_samples must be 0 (no FID) or at least 2, got {fid_samples}")
+    if threads:
+        torch.set_num_threads(int(threads))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    architecture = {**DEFAULT_ARCHITECTURE, **(dict(model) if model else {})}
+    schedule = {**DEFAULT_SCHEDULE, **(dict(schedule) if schedule else {}), "prediction_type": "epsilon"}
+    dataset = instantiate(cfg.dataset)
+    torch.manual_seed(int(cfg.seed))
+    net = build_unet(**architecture)
+    scheduler = DDPMScheduler(**schedule)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=float(lr), weight_decay=float(weight_decay))
+    lr_schedule = get_cosine_schedule_with_warmup(optimizer, int(warmup), int(steps))
+    ema = EMAModel(net.parameters(), decay=float(ema_decay), use_ema_warmup=True)
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    signature = {"architecture": architecture, "schedule": schedule, "batch_size": int(batch_size),
+                 "source": dataset.source, "train_angles": list(dataset.train_angles)}
+    state_path = out_dir / STATE_FILE
+    step, losses, seconds = 0, [], 0.0
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["signature"] != signature:
+            raise ScoregeoError(f"{state_path} holds the training state of a different model or data; "
+                                "delete it or choose another output_root to start afresh")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        ema.load_state_dict(state["ema"])
+        gen.set_state(state["generator"])
+        step, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
+        print(f"resuming from step {step} of {steps} ({state_path})")
+
+    def save_state() -> None:
+        _atomic_torch_save({"signature": signature, "step": step, "model": net.state_dict(),
+                            "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
+                            "ema": ema.state_dict(), "generator": gen.get_state(), "losses": losses,
+                            "seconds": seconds}, state_path)
+
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"UNet2DModel {architecture['block_out_channels']}, {n_params} parameters; "
+          f"{len(dataset.images('train'))} training digits ({dataset.source}) rotated in {list(dataset.train_angles)} deg")
+    net.train()
+    bar = tqdm(total=int(steps), initial=step, desc="train unet", unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        while step < steps:
+            x0 = dataset.training_batch(int(batch_size), gen) * 2 - 1
+            noise = torch.randn(x0.shape, generator=gen)
+            ts = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+            loss = F.mse_loss(net(scheduler.add_noise(x0, noise, ts), ts).sample, noise)
+            check_finite(loss.detach(), "the training loss", f"step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), float(grad_clip))
+            optimizer.step()
+            lr_schedule.step()
+            ema.step(net.parameters())
+            step += 1
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if step % int(checkpoint_every) == 0 or step == steps:
+                seconds += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                save_state()
+    except KeyboardInterrupt:
+        seconds += time.perf_counter() - t0
+        save_state()
+        bar.close()
+        raise ScoregeoError(f"training interrupted at step {step} of {steps}; the state is saved in "
+                            f"{state_path} and the same command resumes it") from None
+    bar.close()
+
+    exported = copy.deepcopy(net)
+    ema.copy_to(exported.parameters())
+    exported.eval().requires_grad_(False)
+    tail = losses[-100:]
+    record = {"command": (out_dir / "command.sh").read_text().strip() if (out_dir / "command.sh").exists() else None,
+              "source": dataset.source, "train_angles": list(dataset.train_angles), "steps": int(step),
+              "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
+              "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+              "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
+              "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples)),
+              "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} held-out digits at "
+                                    "uniform training angles and levels"}
+    print(f"trained {step} steps in {seconds:.0f} s; final loss {record['final_loss']:.4f}, "
+          f"EMA held-out loss {record['ema_test_loss']:.4f}")
+    if fid_samples:
+        record.update(sample_quality(exported, alphas_cumprod_from(scheduler.config), dataset, int(fid_samples),
+                                     int(sample_steps), int(cfg.seed), out_dir / "samples.png"))
+        print(f"DDIM samples ({sample_steps} steps): FID {record['sample_fid']:.1f}, KID {record['sample_kid']:.4f} "
+              f"against {fid_samples} real rotated digits (real vs real at this size: FID "
+              f"{record['real_vs_real_fid']:.1f}); grid in {out_dir / 'samples.png'}")
+    return save_checkpoint(out_dir / EXPORT_NAME, exported, scheduler.config, record)
+
+
+def sample_quality(model, alphas_cumprod: torch.Tensor, dataset, n: int, steps: int, seed: int,
+                   grid_path: Path | None = None) -> dict:
+    """FID/KID of n DDIM samples against n real training digits at training angles, and the
+    same figures for a second, independent draw of n real digits (the floor of FID at this
+    sample size)."""
+    from scoregeo_cli.metrics.images import fid_from_features, inception_features, kid_from_features
+
+    gen = torch.Generator().manual_seed(seed + 101)
+    fake = generate(model, alphas_cumprod, n, gen, steps)
+    if grid_path is not None:
+        _sample_grid(fake, grid_path)
+    real = dataset.training_batch(n, gen)
+    real_2 = dataset.training_batch(n, gen)
+    f_fake, f_real, f_real_2 = (inception_features(x) for x in (fake, real, real_2))
+    kid, kid_std = kid_from_features(f_real, f_fake)
+    return {"sample_fid": fid_from_features(f_real, f_fake), "sample_kid": kid, "sample_kid_std": kid_std,
+            "real_vs_real_fid": fid_from_features(f_real, f_real_2),
+            "real_vs_real_kid": kid_from_features(f_real, f_real_2)[0], "fid_samples": n,
+            "sample_steps": steps, "fid_note": "DDIM (eta 0) from pure noise vs real training digits at "
+                                               "training angles; real_vs_real: a second independent real draw"}
