@@ -18,6 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from scoregeo_cli.app import CONF_DIR
+from scoregeo_cli.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.metric import SteinMetric
@@ -46,10 +47,47 @@ def sphere_problem(pairs: int, seed: int):
     return metric, a, b, error
 
 
-def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS) -> list[dict]:
+def mnist_problem(pairs: int, seed: int):
+    """Rotated digits through the packaged UNet at t = 400, lambda 1000.
+
+    Ground truth lives in the noisy space where the geodesic is computed: the true rotation
+    of the digit noised with the pair's own noise, sqrt(abar) x(theta) + sqrt(1 - abar) eps,
+    sampled at 257 angles between theta_a and theta_b.
+    """
+    from scoregeo_cli.data.rotated_mnist import RotatedDigits
+    from scoregeo_cli.diffusion import noise_to
+    from scoregeo_cli.scores.unet import load_unet_score
+
+    score = load_unet_score(None, t=400)
+    generator = torch.Generator().manual_seed(seed)
+    dataset = RotatedDigits()
+    digits, theta_a, theta_b, _ = dataset.pairs(pairs, generator)
+    angles = theta_a[:, None] + torch.linspace(0, 1, 257, dtype=torch.float64) * (theta_b - theta_a)[:, None]
+    truth = 2 * RotatedDigits.frames(digits, angles).double().flatten(2) - 1  # (P, 257, 784) in [-1, 1]
+    eps = torch.randn(pairs, 1, 784, generator=generator, dtype=torch.float64)
+    truth = noise_to(truth, eps, score.t, score.alphas_cumprod)
+    metric = SteinMetric(score, 1000.0)
+
+    def error(path: torch.Tensor) -> float:
+        return max(float(polyline_distance(path[p], truth[p]).max()) for p in range(pairs))
+
+    return metric, truth[:, 0].contiguous(), truth[:, -1].contiguous(), error
+
+
+PROBLEMS = {"sphere": ("sphere S2 in R10 (sigma 0.15, lam 1000)", sphere_problem),
+            "mnist": ("rotated digits, packaged UNet, t 400 (lam 1000)", mnist_problem)}
+
+
+def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
+              problems=("sphere", "mnist")) -> list[dict]:
     records = []
-    problems = {"sphere S2 in R10 (sigma 0.15, lam 1000)": sphere_problem(pairs, seed)}
-    for problem, (metric, a, b, error) in problems.items():
+    for key in problems:
+        problem, make = PROBLEMS[key]
+        metric, a, b, error = make(pairs, seed)
+        records.append({"problem": problem, "solver": "lerp (no solve)", "score_evals": 0, "seconds": 0.0,
+                        "outside_network": float("nan"), "pairs": a.shape[0], "converged": a.shape[0],
+                        "energy": float(metric.energy(lerp(a, b, nodes)).mean()),
+                        "error_max": error(lerp(a, b, nodes))})
         for name in solvers:
             solver = solver_from_config(name, nodes)
             metric.score.reset_counters()
@@ -62,24 +100,27 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS) -
                 "energy": float(result.energy.mean()), "error_max": error(result.path),
                 "converged": int(result.converged.sum()), "pairs": a.shape[0],
             })
+            print(f"{problem}: {name} done in {wall:.1f} s", flush=True)
         ref = next(r for r in records if r["problem"] == problem and r["solver"] == "adam_reference") \
             if "adam_reference" in solvers else None
         for r in records:
-            if r["problem"] == problem and ref is not None:
+            if r["problem"] == problem and ref is not None and r["score_evals"]:
                 r["evals_vs_reference"] = r["score_evals"] / ref["score_evals"]
                 r["time_vs_reference"] = r["seconds"] / ref["seconds"]
     return records
 
 
 def format_records(records: list[dict]) -> str:
-    head = f"{'solver':<15} {'evals':>6} {'x ref':>7} {'seconds':>8} {'x ref':>7} {'outside':>8} {'energy':>10} {'error_max':>10}"
+    head = (f"{'solver':<15} {'evals':>6} {'x ref':>7} {'seconds':>8} {'x ref':>7} {'s/pair':>7} "
+            f"{'outside':>8} {'energy':>10} {'error_max':>10}")
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in records):
         lines += [f"\n{problem}", head, "-" * len(head)]
         for r in (r for r in records if r["problem"] == problem):
             lines.append(f"{r['solver']:<15} {r['score_evals']:>6d} {r.get('evals_vs_reference', float('nan')):>7.3f} "
                          f"{r['seconds']:>8.3f} {r.get('time_vs_reference', float('nan')):>7.3f} "
-                         f"{100 * r['outside_network']:>7.1f}% {r['energy']:>10.4g} {r['error_max']:>10.3g}")
+                         f"{r['seconds'] / r['pairs']:>7.3f} {100 * r['outside_network']:>7.1f}% "
+                         f"{r['energy']:>10.4g} {r['error_max']:>10.3g}")
     return "\n".join(lines)
 
 
@@ -90,9 +131,10 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON results (default %(default)s)")
     args = parser.parse_args(argv)
-    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers)
+    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems)
     print(format_records(records))
     atomic_write_json(Path(args.out), records)
     print(f"\nwritten {args.out}")
