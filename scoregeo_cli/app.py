@@ -7,6 +7,7 @@ rows of metrics, then write metrics.jsonl, summary.json and DONE (in that order)
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import sys
 import time
@@ -23,10 +24,21 @@ from scoregeo_cli.errors import ScoregeoError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
+def run_dirname(overrides: str) -> str:
+    """The folder name of a run from Hydra's override_dirname.
+
+    Empty (no overrides) becomes "default"; slashes of paths in overrides become
+    underscores (no nested folders); a name over 180 characters keeps its first 160 and a
+    hash of the whole, so it stays unique and within file-system limits.
+    """
+    name = overrides.replace("/", "_") or "default"
+    if len(name) > 180:
+        name = f"{name[:160]}-{hashlib.sha1(name.encode()).hexdigest()[:12]}"
+    return name
+
+
 if not OmegaConf.has_resolver("dirname"):
-    # Hydra's override_dirname is empty for a run without overrides; paths in overrides
-    # (checkpoints, data folders) would nest folders, so their slashes become underscores.
-    OmegaConf.register_new_resolver("dirname", lambda s: s.replace("/", "_") or "default")
+    OmegaConf.register_new_resolver("dirname", run_dirname)
 
 
 def _fail(err: Exception) -> None:

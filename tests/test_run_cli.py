@@ -101,3 +101,12 @@ def test_help_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", "--help"], capture_output=True, text=True)
     for name in ("run", "train", "bench", "reproduce", "tables", "weights", "lpips", "fid"):
         assert f"  {name}" in out.stdout
+
+
+def test_run_folder_names_stay_flat_short_and_unique():
+    from scoregeo_cli.app import run_dirname
+
+    assert run_dirname("") == "default"
+    assert run_dirname("score.checkpoint=/a/b.pt,seed=1") == "score.checkpoint=_a_b.pt,seed=1"
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(run_dirname(long_a)) <= 180 and run_dirname(long_a) != run_dirname(long_b)
