@@ -35,11 +35,11 @@ def solver_from_config(name: str, nodes: int):
     return instantiate(cfg.solver)
 
 
-def sphere_problem(pairs: int, seed: int):
+def sphere_problem(pairs: int, seed: int, normalize: str = "none"):
     """S^2 in R^10, sigma 0.15, lambda 1000, 16 nodes (the issue's reference problem)."""
     sphere = Sphere(2, 10, 1.0, centre_offset=0.5, angle_range=(60, 150), seed=seed)
     a, b = sphere.pairs(pairs, torch.Generator().manual_seed(seed))
-    metric = SteinMetric(sphere.exact_score(0.15), 1000.0)
+    metric = SteinMetric(sphere.exact_score(0.15), 1000.0, normalize=normalize)
 
     def error(path: torch.Tensor) -> float:
         return max(float(polyline_distance(path[p], sphere.geodesic(a[p], b[p])).max()) for p in range(pairs))
@@ -47,7 +47,7 @@ def sphere_problem(pairs: int, seed: int):
     return metric, a, b, error
 
 
-def mnist_problem(pairs: int, seed: int):
+def mnist_problem(pairs: int, seed: int, normalize: str = "none"):
     """Rotated digits through the packaged UNet at t = 400, lambda 1000.
 
     Ground truth lives in the noisy space where the geodesic is computed: the true rotation
@@ -66,7 +66,7 @@ def mnist_problem(pairs: int, seed: int):
     truth = 2 * RotatedDigits.frames(digits, angles).double().flatten(2) - 1  # (P, 257, 784) in [-1, 1]
     eps = torch.randn(pairs, 1, 784, generator=generator, dtype=torch.float64)
     truth = noise_to(truth, eps, score.t, score.alphas_cumprod)
-    metric = SteinMetric(score, 1000.0)
+    metric = SteinMetric(score, 1000.0, normalize=normalize)
 
     def error(path: torch.Tensor) -> float:
         return max(float(polyline_distance(path[p], truth[p]).max()) for p in range(pairs))
@@ -79,11 +79,12 @@ PROBLEMS = {"sphere": ("sphere S2 in R10 (sigma 0.15, lam 1000)", sphere_problem
 
 
 def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
-              problems=("sphere", "mnist")) -> list[dict]:
+              problems=("sphere", "mnist"), normalize: str = "none") -> list[dict]:
     records = []
     for key in problems:
         problem, make = PROBLEMS[key]
-        metric, a, b, error = make(pairs, seed)
+        metric, a, b, error = make(pairs, seed, normalize)
+        problem = f"{problem}, normalize={normalize}"
         records.append({"problem": problem, "solver": "lerp (no solve)", "score_evals": 0, "seconds": 0.0,
                         "outside_network": float("nan"), "pairs": a.shape[0], "converged": a.shape[0],
                         "energy": float(metric.energy(lerp(a, b, nodes)).mean()),
@@ -132,9 +133,11 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
     parser.add_argument("--nodes", type=int, default=16)
     parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--normalize", default="none", choices=["none", "unit"],
+                        help="metric.normalize of every problem (default: none, the raw score)")
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON results (default %(default)s)")
     args = parser.parse_args(argv)
-    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems)
+    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems, args.normalize)
     print(format_records(records))
     atomic_write_json(Path(args.out), records)
     print(f"\nwritten {args.out}")
