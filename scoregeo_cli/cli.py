@@ -1,7 +1,8 @@
 """The ``scoregeo`` command: a thin dispatcher over subcommands.
 
-Each subcommand lives in its own module exposing ``main(argv: list[str]) -> int``; the
-module is imported only when its subcommand runs, so ``scoregeo --help`` stays fast.
+Each subcommand is a function ``(argv: list[str], prog: str) -> int`` named in
+``SUBCOMMANDS`` as "module:function"; its module is imported only when the subcommand runs,
+so ``scoregeo --help`` stays fast.
 """
 
 from __future__ import annotations
