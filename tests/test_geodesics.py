@@ -199,3 +199,14 @@ def test_geodesic_acceleration_matches_euler_lagrange_for_any_field(normalize):
         # d/dt dL/dqd = mass qdd + mixed qd = dL/dq
         expected = torch.linalg.solve(mass, dl_dq - mixed @ qd)
         assert torch.allclose(got[p], expected, rtol=1e-9, atol=1e-11)
+
+
+def test_shooting_that_spends_its_budget_returns_nan_and_says_why():
+    sphere, a, b, metric = sphere_problem(sigma=0.15, n=2)
+    path = straight_path(a, b, 8)
+    shot = GeodesicShooter(duration=0.5, steps=4, max_evals=3)(metric, path[:, -1], end_tangent(path))
+    assert shot.score_evals == 3 and "extrapolate.max_evals" in shot.error
+    assert shot.path.shape == (2, 5, 3) and bool(torch.isnan(shot.path).all())
+    nan_metric = SteinMetric(NaNScore(3), 10.0)
+    shot = GeodesicShooter(duration=0.5, steps=4)(nan_metric, a, b - a)
+    assert "NaN/Inf" in shot.error and bool(torch.isnan(shot.path).all())

@@ -257,8 +257,8 @@ def test_failed_shooting_is_recorded_as_nan_not_hidden(tiny_checkpoint):
     a, b = torch.randn(2, 784, generator=gen, dtype=torch.float64), torch.randn(2, 784, generator=gen, dtype=torch.float64)
     tau = torch.linspace(0, 0.5, 3, dtype=torch.float64)
     paths, ext, cost = RotatedMnistTask._noisy_paths(["geodesic", "lerp", "slerp"], metric, FixedPointSolver(5, 2),
-                                                     GeodesicShooter(0.5, 2, "rk4", substeps=1), a, b, tau,
-                                                     shooting_budget=3)
+                                                     GeodesicShooter(0.5, 2, "rk4", substeps=1, max_evals=3),
+                                                     a, b, tau)
     assert bool(torch.isnan(ext["geodesic"]).all()) and ext["geodesic"].shape == (2, 3, 784)
     assert bool(torch.isfinite(paths["geodesic"]).all()) and bool(torch.isfinite(ext["lerp"]).all())
     assert cost["geodesic"][0] == 2 and cost["geodesic"][2] == 3  # solver evals; shooting stopped at its budget

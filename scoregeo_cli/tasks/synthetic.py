@@ -139,6 +139,8 @@ class SyntheticTask:
         if "geodesic" in paths:
             path = paths["geodesic"]
             shot = shooter(metric, path[:, -1], end_tangent(path))
+            if shot.error:
+                print(f"geodesic shooting failed, extrapolation recorded as NaN: {shot.error}")
             self._shoot_evals = shot.score_evals
             out["geodesic"] = shot.path
         if "lerp" in paths:
