@@ -57,8 +57,7 @@ class EpsScoreField(ScoreField):
     """
 
     def __init__(self, eps_model: EpsModel, shape: tuple[int, ...], t: int,
-                 alphas_cumprod: torch.Tensor, chunk_size: int | None = 64,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 alphas_cumprod: torch.Tensor, chunk_size: int | None = 64):
         dim = 1
         for s in shape:
             dim *= int(s)
@@ -68,19 +67,10 @@ class EpsScoreField(ScoreField):
         self.t = check_level(t, alphas_cumprod)
         self.alphas_cumprod = alphas_cumprod
         self.sigma_t = float((1 - alphas_cumprod[self.t]).sqrt())
-        self._dtype, self._device = dtype, torch.device(device)
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         eps = self.eps_model(x.reshape(-1, *self.shape), self.t)
         return -eps.reshape(x.shape[0], -1) / self.sigma_t
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._device
 
 
 def ddim_grid(t: int, steps: int) -> list[int]:

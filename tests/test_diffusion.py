@@ -29,7 +29,7 @@ def test_ddim_denoise_matches_diffusers_scheduler():
 
 def test_score_of_a_noise_predictor_and_shared_noise():
     abar = DDIMScheduler(**CONFIG).alphas_cumprod.double()
-    field = EpsScoreField(lambda x, t: 2 * x, (1, 2, 2), 400, abar, dtype=torch.float64)
+    field = EpsScoreField(lambda x, t: 2 * x, (1, 2, 2), 400, abar)
     x = torch.randn(5, 4, dtype=torch.float64)
     # s = -eps / sqrt(1 - abar_400); sqrt(1 - abar_400) = 0.8980 for this schedule (noisediffusion.md)
     assert abs(field.sigma_t - 0.8980) < 1e-3

@@ -49,11 +49,3 @@ class ScoreField(ABC):
         self.calls = 0
         self.points = 0
         self.seconds = 0.0
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float64
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")

@@ -258,8 +258,7 @@ class StableDiffusionScore(EpsScoreField):
     """The latent score of a Stable Diffusion UNet at level t; ``model`` holds the components."""
 
     def __init__(self, model: LatentDiffusion, t: int, chunk_size: int | None = 8):
-        super().__init__(model.eps, model.latent_shape, t, model.alphas_cumprod, chunk_size,
-                         dtype=torch.float64, device=model.device)
+        super().__init__(model.eps, model.latent_shape, t, model.alphas_cumprod, chunk_size)
         self.model = model
 
 

@@ -120,13 +120,13 @@ class SyntheticTask:
                              row(p, name, "score_evals", evals[name]),
                              row(p, name, "seconds", seconds[name])]
 
-        extrapolated = self._extrapolate(metric, shooter, paths, a, b)
+        extrapolated, shoot_evals = self._extrapolate(metric, shooter, paths, a, b)
         for name, path in extrapolated.items():
             for p in range(n_pairs):
                 truth = manifold.continuation(a[p], b[p], 2 * shooter.duration, m)
                 rows.append(row(p, name, "extrapolation_error_max", polyline_distance(path[p], truth).max()))
         if "geodesic" in extrapolated:
-            rows += [row(p, "geodesic", "extrapolation_score_evals", self._shoot_evals) for p in range(n_pairs)]
+            rows += [row(p, "geodesic", "extrapolation_score_evals", shoot_evals) for p in range(n_pairs)]
 
         if cfg.eval.figure:
             from scoregeo_cli.figures import plot_synthetic_paths
@@ -134,18 +134,20 @@ class SyntheticTask:
             plot_synthetic_paths(manifold, a, b, paths, extrapolated, run_dir / "paths.png")
         return rows
 
-    def _extrapolate(self, metric, shooter, paths, a, b) -> dict[str, torch.Tensor]:
-        out = {}
+    @staticmethod
+    def _extrapolate(metric, shooter, paths, a, b) -> tuple[dict[str, torch.Tensor], int]:
+        """Extrapolated paths per method, and the score evaluations of the geodesic shot."""
+        out, shoot_evals = {}, 0
         if "geodesic" in paths:
             path = paths["geodesic"]
             shot = shooter(metric, path[:, -1], end_tangent(path))
             if shot.error:
                 print(f"geodesic shooting failed, extrapolation recorded as NaN: {shot.error}")
-            self._shoot_evals = shot.score_evals
+            shoot_evals = shot.score_evals
             out["geodesic"] = shot.path
         if "lerp" in paths:
             out["lerp"] = linear_extrapolation(a, b, shooter.duration, shooter.steps)
         if "slerp" in paths:  # SLERP's own continuation of its arc
             t = torch.linspace(1, 1 + shooter.duration, shooter.steps + 1, dtype=a.dtype)
             out["slerp"] = slerp_at(a, b, t)
-        return out
+        return out, shoot_evals
