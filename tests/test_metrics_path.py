@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.metrics.images import load_image, lpips_distance
-from scoregeo_cli.metrics.path import consecutive_lpips, gini, path_metrics
+from scoregeo_cli.evaluation.images import load_image, lpips_distance
+from scoregeo_cli.evaluation.path import consecutive_lpips, gini, path_metrics
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
 

@@ -245,9 +245,9 @@ def test_end_to_end_run_on_two_pairs(tiny_checkpoint, tmp_path):
 def test_failed_shooting_is_recorded_as_nan_not_hidden(tiny_checkpoint):
     """A shot that runs out of its evaluation budget leaves NaN for the geodesic's
     extrapolation only; the interpolation and the baselines' extrapolations are kept."""
-    from scoregeo_cli.extrapolate import GeodesicShooter
-    from scoregeo_cli.geodesics import FixedPointSolver
-    from scoregeo_cli.metric import SteinMetric
+    from scoregeo_cli.geometry.shooting import GeodesicShooter
+    from scoregeo_cli.geometry.solvers import FixedPointSolver
+    from scoregeo_cli.geometry.metrics import SteinMetric
     from scoregeo_cli.scores.unet import load_unet_score
     from scoregeo_cli.tasks.rotated_mnist import RotatedMnistTask
 

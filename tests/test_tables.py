@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoregeo_cli import recipes, tables
+from scoregeo_cli.reporting import recipes, tables
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.results import atomic_write_json, mark_done
+from scoregeo_cli.reporting.results import atomic_write_json, mark_done
 
 DEMO = """\
 title: Demo table

@@ -78,7 +78,7 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     """Write ``path`` (.safetensors weights) and the JSON beside it; returns ``path``."""
     from safetensors.torch import save_file
 
-    from scoregeo_cli.results import atomic_write_json
+    from scoregeo_cli.reporting.results import atomic_write_json
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -350,7 +350,7 @@ def sample_quality(model, alphas_cumprod: torch.Tensor, dataset, n: int, steps: 
     """FID/KID of n DDIM samples against n real training digits at training angles, and the
     same figures for a second, independent draw of n real digits (the floor of FID at this
     sample size)."""
-    from scoregeo_cli.metrics.images import fid_from_features, inception_features, kid_from_features
+    from scoregeo_cli.evaluation.images import fid_from_features, inception_features, kid_from_features
 
     gen = torch.Generator().manual_seed(seed + 101)
     fake = generate(model, alphas_cumprod, n, gen, steps)

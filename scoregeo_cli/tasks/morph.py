@@ -40,7 +40,7 @@ from scoregeo_cli.build import build_metric, build_score
 from scoregeo_cli.diffusion import ddim_denoise, ddim_invert, noise_to
 from scoregeo_cli.errors import ScoregeoError, check_finite
 from scoregeo_cli.noisediffusion import NoiseDiffusion
-from scoregeo_cli.results import row
+from scoregeo_cli.reporting.results import row
 
 METHODS = ("geodesic", "lerp", "slerp", "noisediffusion")
 LPIPS_NETS = ("alex", "vgg")
@@ -127,8 +127,8 @@ class MorphTask:
         return methods
 
     def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
-        from scoregeo_cli.metrics.images import fid_from_features, inception_features, kid_from_features
-        from scoregeo_cli.metrics.path import consecutive_lpips, path_metrics
+        from scoregeo_cli.evaluation.images import fid_from_features, inception_features, kid_from_features
+        from scoregeo_cli.evaluation.path import consecutive_lpips, path_metrics
 
         run_dir = Path(run_dir)
         dataset = instantiate(cfg.dataset)

@@ -45,8 +45,8 @@ from scoregeo_cli.baselines import lerp, slerp, slerp_at
 from scoregeo_cli.build import build_metric, build_score
 from scoregeo_cli.diffusion import ddim_denoise, noise_to
 from scoregeo_cli.errors import ScoregeoError, check_finite
-from scoregeo_cli.extrapolate import end_tangent, linear_extrapolation
-from scoregeo_cli.results import atomic_write_json, row
+from scoregeo_cli.geometry.shooting import end_tangent, linear_extrapolation
+from scoregeo_cli.reporting.results import atomic_write_json, row
 
 METHODS = ("geodesic", "lerp", "slerp", "pixel_lerp")
 NOISY_METHODS = ("geodesic", "lerp", "slerp")
@@ -111,8 +111,8 @@ class RotatedMnistTask:
         return methods
 
     def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
-        from scoregeo_cli.metrics.images import lpips_distance, psnr, ssim
-        from scoregeo_cli.metrics.path import consecutive_lpips, path_metrics
+        from scoregeo_cli.evaluation.images import lpips_distance, psnr, ssim
+        from scoregeo_cli.evaluation.path import consecutive_lpips, path_metrics
 
         run_dir = Path(run_dir)
         methods = self._check(cfg)
@@ -265,7 +265,7 @@ class RotatedMnistTask:
     @staticmethod
     def _set_metrics(cfg, dataset, frames, frames_ext, duration) -> list[dict]:
         """FID/KID of intermediate (and extrapolated) frames per method against real rotated digits."""
-        from scoregeo_cli.metrics.images import fid_from_features, inception_features, kid_from_features
+        from scoregeo_cli.evaluation.images import fid_from_features, inception_features, kid_from_features
 
         ev = cfg.eval
         gen = torch.Generator().manual_seed(int(cfg.seed) + 1)

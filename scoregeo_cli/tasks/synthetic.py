@@ -17,8 +17,8 @@ from scoregeo_cli.baselines import lerp, slerp, slerp_at
 from scoregeo_cli.build import build_metric, build_score, instantiate
 from scoregeo_cli.data.synthetic import polyline_distance
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.extrapolate import end_tangent, linear_extrapolation
-from scoregeo_cli.results import row
+from scoregeo_cli.geometry.shooting import end_tangent, linear_extrapolation
+from scoregeo_cli.reporting.results import row
 
 INTERPOLATION_METRICS = ["geodesic_error_max", "geodesic_error_mean", "manifold_distance_max",
                          "length_ratio", "energy", "score_evals", "seconds"]
@@ -129,7 +129,7 @@ class SyntheticTask:
             rows += [row(p, "geodesic", "extrapolation_score_evals", shoot_evals) for p in range(n_pairs)]
 
         if cfg.eval.figure:
-            from scoregeo_cli.figures import plot_synthetic_paths
+            from scoregeo_cli.reporting.figures import plot_synthetic_paths
 
             plot_synthetic_paths(manifold, a, b, paths, extrapolated, run_dir / "paths.png")
         return rows

@@ -14,6 +14,8 @@ The factor N/2 makes a straight line in the flat metric cost |x_N - x_0|^2 / 2 w
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from scoregeo_cli.errors import ScoregeoError
@@ -23,7 +25,31 @@ NORMALIZE = ("none", "unit")
 EVALUATE_AT = ("midpoints", "nodes")
 
 
-class SteinMetric:
+class Metric(ABC):
+    """A Riemannian metric g(x) on R^D built on a score field: what solvers and shooting need.
+
+    Every metric has a ``score`` (whose ``calls`` counter measures cost), the discrete curve
+    energy of paths (P, N+1, D) that boundary-value solvers minimise, the squared norm
+    g_x(v, v), and the geodesic acceleration x'' = a(x, x') that shooting integrates.
+    Solvers needing more (e.g. the fixed point's low-rank factors) check for it at start-up.
+    """
+
+    score: ScoreField
+
+    @abstractmethod
+    def energy(self, path: torch.Tensor) -> torch.Tensor:
+        """Discrete curve energy (P,) of paths (P, N+1, D); differentiable through the score."""
+
+    @abstractmethod
+    def norm_sq(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """g_x(v, v) for points and vectors (..., D) -> (...)."""
+
+    @abstractmethod
+    def acceleration(self, x: torch.Tensor, xdot: torch.Tensor) -> torch.Tensor:
+        """x'' of the geodesic equation at points x with velocities xdot, both (B, D)."""
+
+
+class SteinMetric(Metric):
     """g(x) = I + lam u(x) u(x)^T on R^D, built on a score field.
 
     Args:

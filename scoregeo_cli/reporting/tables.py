@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoregeo_cli import recipes as rc
+from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.results import atomic_write_text, is_done, summarize
+from scoregeo_cli.reporting.results import atomic_write_text, is_done, summarize
 
 LEVEL = re.compile(r"^([A-Za-z_][\w.]*)=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 

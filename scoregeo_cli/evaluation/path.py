@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.metrics.images import lpips_distance
+from scoregeo_cli.evaluation.images import lpips_distance
 
 
 def gini(d: Tensor) -> float:

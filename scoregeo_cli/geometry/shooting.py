@@ -15,7 +15,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS  # the method table odeint dispatches on
 
 from scoregeo_cli.errors import NonFiniteError, ScoregeoError, check_finite
-from scoregeo_cli.metric import SteinMetric
+from scoregeo_cli.geometry.metrics import Metric
 
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
@@ -79,7 +79,7 @@ class GeodesicShooter:
         self.duration, self.steps, self.method, self.substeps = float(duration), int(steps), method, int(substeps)
         self.rtol, self.atol, self.max_evals = float(rtol), float(atol), int(max_evals)
 
-    def __call__(self, metric: SteinMetric, x0: torch.Tensor, v0: torch.Tensor) -> ShootingResult:
+    def __call__(self, metric: Metric, x0: torch.Tensor, v0: torch.Tensor) -> ShootingResult:
         """x0, v0: (P, D) start points and velocities -> points (P, steps+1, D)."""
         start, evals0 = time.perf_counter(), metric.score.calls
         p, d = x0.shape

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
-from scoregeo_cli.metric import SteinMetric
+from scoregeo_cli.geometry.metrics import Metric
 
 
 @dataclass
@@ -110,7 +110,7 @@ class FixedPointSolver:
         _check_positive("solver.tol", tol)
         self.max_evals, self.tol, self.min_step = int(max_evals), float(tol), float(min_step)
 
-    def __call__(self, metric: SteinMetric, a: torch.Tensor, b: torch.Tensor,
+    def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
         start, evals0 = time.perf_counter(), metric.score.calls
         path = straight_path(a, b, self.nodes) if init is None else init.clone()
@@ -176,7 +176,7 @@ class OptimizerSolver:
         self.optimizer, self.lr, self.max_evals = optimizer, float(lr), int(max_evals)
         self.tol, self.freeze_score = float(tol), bool(freeze_score)
 
-    def __call__(self, metric: SteinMetric, a: torch.Tensor, b: torch.Tensor,
+    def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
         start, evals0 = time.perf_counter(), metric.score.calls
         path0 = straight_path(a, b, self.nodes) if init is None else init

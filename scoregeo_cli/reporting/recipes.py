@@ -29,10 +29,10 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from scoregeo_cli import app as _app  # noqa: F401  (registers the resolvers run folders are named with)
-from scoregeo_cli import results
+from scoregeo_cli.reporting import results
 from scoregeo_cli.errors import ScoregeoError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO / "experiments"
 CONF_DIR = REPO / "conf"
 # keys a recipe fixes itself: extra overrides may not change them

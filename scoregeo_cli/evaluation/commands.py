@@ -22,7 +22,7 @@ def lpips_main(argv: list[str], prog: str) -> int:
     parser.add_argument("--digits", type=int, default=3, help="decimals printed (default: 3)")
     args = parser.parse_args(argv)
 
-    from scoregeo_cli.metrics.images import lpips_distance, load_image
+    from scoregeo_cli.evaluation.images import lpips_distance, load_image
 
     a, b = load_image(args.image_a), load_image(args.image_b)
     if a.shape[1:] != b.shape[1:]:
@@ -51,7 +51,7 @@ def fid_main(argv: list[str], prog: str) -> int:
                         help="images per Inception forward pass (default: 32)")
     args = parser.parse_args(argv)
 
-    from scoregeo_cli.metrics.images import (
+    from scoregeo_cli.evaluation.images import (
         check_set_sizes,
         fid_from_features,
         folder_features,

@@ -1,0 +1,1 @@
+"""Results on disk (``results``), recipes (``recipes``), tables (``tables``) and figures (``figures``)."""
