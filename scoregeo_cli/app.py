@@ -18,11 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from scoregeo_cli import paths
 from scoregeo_cli.reporting import results
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(paths.CONF_DIR)
 
 def run_dirname(overrides: str) -> str:
     """The folder name of a run from Hydra's override_dirname.

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from scoregeo_cli.app import CONF_DIR
-from scoregeo_cli.baselines import lerp
+from scoregeo_cli.methods.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.geometry.metrics import SteinMetric
@@ -55,7 +55,7 @@ def mnist_problem(pairs: int, seed: int, normalize: str = "none"):
     sampled at 257 angles between theta_a and theta_b.
     """
     from scoregeo_cli.data.rotated_mnist import RotatedDigits
-    from scoregeo_cli.diffusion import noise_to
+    from scoregeo_cli.spaces.ddim import noise_to
     from scoregeo_cli.scores.unet import load_unet_score
 
     score = load_unet_score(None, t=400)

@@ -117,7 +117,7 @@ def _rotated_training_digits(n: int, seed: int) -> torch.Tensor:
 def test_packaged_score_points_back_to_the_data(packaged_score):
     """On noised training digits the score is anti-aligned with the added noise: the score of
     a well-trained model at level t is about -eps / sqrt(1 - abar_t)."""
-    from scoregeo_cli.diffusion import noise_to
+    from scoregeo_cli.spaces.ddim import noise_to
 
     score = packaged_score
     x0 = (_rotated_training_digits(64, 3) * 2 - 1).flatten(1).double()
@@ -132,7 +132,7 @@ def test_packaged_score_points_back_to_the_data(packaged_score):
 
 
 def test_ddim_denoises_a_lightly_noised_digit_back(packaged_score):
-    from scoregeo_cli.diffusion import ddim_denoise, noise_to
+    from scoregeo_cli.spaces.ddim import ddim_denoise, noise_to
 
     score = packaged_score
     x0 = _rotated_training_digits(8, 5) * 2 - 1
@@ -207,7 +207,7 @@ def test_end_to_end_run_on_two_pairs(tiny_checkpoint, tmp_path):
     checkpoint = tiny_checkpoint[0]
     cmd = [sys.executable, "-m", "scoregeo_cli.cli", "run", "experiment=rotated_mnist", f"output_root={tmp_path}",
            f"score.checkpoint={checkpoint}", "n_pairs=2", "solver.nodes=5", "solver.max_evals=3",
-           "extrapolate.method=rk4", "extrapolate.steps=2", "extrapolate.substeps=1", "eval.ddim_steps=2",
+           "extrapolate.method=rk4", "extrapolate.steps=2", "extrapolate.substeps=1", "space.ddim_steps=2",
            "eval.fid_frames=3", "eval.fid_real=3", "eval.strips=1",
            "metric.lam=1",  # a UNet trained for 4 steps makes shooting diverge at lam 1000 (tested below)
            f"hydra.run.dir={tmp_path / 'run'}"]  # the override-keyed folder name would pass 255 characters
@@ -249,16 +249,21 @@ def test_failed_shooting_is_recorded_as_nan_not_hidden(tiny_checkpoint):
     from scoregeo_cli.geometry.solvers import FixedPointSolver
     from scoregeo_cli.geometry.metrics import SteinMetric
     from scoregeo_cli.scores.unet import load_unet_score
-    from scoregeo_cli.tasks.rotated_mnist import RotatedMnistTask
+    from scoregeo_cli.methods import Plan, run_methods
+    from scoregeo_cli.methods.baselines import Lerp, Slerp
+    from scoregeo_cli.methods.geodesic import Geodesic
+    from scoregeo_cli.spaces import IdentitySpace
 
     score = load_unet_score(str(tiny_checkpoint[0]), t=400)
     metric = SteinMetric(score, lam=1000.0)
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 784, generator=gen, dtype=torch.float64), torch.randn(2, 784, generator=gen, dtype=torch.float64)
-    tau = torch.linspace(0, 0.5, 3, dtype=torch.float64)
-    paths, ext, cost = RotatedMnistTask._noisy_paths(["geodesic", "lerp", "slerp"], metric, FixedPointSolver(5, 2),
-                                                     GeodesicShooter(0.5, 2, "rk4", substeps=1, max_evals=3),
-                                                     a, b, tau)
+    plan = Plan(5, metric, FixedPointSolver(5, 2), GeodesicShooter(0.5, 2, "rk4", substeps=1, max_evals=3))
+    results = run_methods({"geodesic": Geodesic(), "lerp": Lerp(), "slerp": Slerp()},
+                          IdentitySpace().endpoints(a, b), plan, gen)
+    paths = {m: r.path for m, r in results.items()}
+    ext = {m: r.extrapolation for m, r in results.items()}
+    cost = {m: (r.score_evals, r.seconds, r.ext_score_evals, r.ext_seconds) for m, r in results.items()}
     assert bool(torch.isnan(ext["geodesic"]).all()) and ext["geodesic"].shape == (2, 3, 784)
     assert bool(torch.isfinite(paths["geodesic"]).all()) and bool(torch.isfinite(ext["lerp"]).all())
     assert cost["geodesic"][0] == 2 and cost["geodesic"][2] == 3  # solver evals; shooting stopped at its budget

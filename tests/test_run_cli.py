@@ -73,7 +73,7 @@ def test_noise_diagnostics_residual_shrinks_like_sigma_squared(compose_cfg, tmp_
     (["dataset.radius=-1"], "dataset.radius must be positive"),
     (["experiment=ellipse", "dataset.semi_axes=[0,1]"], "dataset.semi_axes must both be positive"),
     (["extrapolate.method=foo"], "extrapolate.method must be a torchdiffeq method"),
-    (["eval.methods=[]"], "eval.methods must list some of"),
+    (["method=[]"], "no method selected"),
     (["experiment=circle", "score.exact=false", "score.n_samples=0"], "score.n_samples must be at least 1"),
 ])
 def test_bad_input_is_one_sentence_before_any_work(overrides, message, tmp_path):

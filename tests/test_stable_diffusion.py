@@ -19,13 +19,13 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from scoregeo_cli.baselines import lerp, slerp
+from scoregeo_cli.methods.baselines import lerp, slerp
 from scoregeo_cli.data.image_pairs import ImagePairs
-from scoregeo_cli.diffusion import ddim_invert
+from scoregeo_cli.spaces.ddim import ddim_invert
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.noisediffusion import NoiseDiffusion
+from scoregeo_cli.methods.noisediffusion import NoiseDiffusion
 from scoregeo_cli.scores.stable_diffusion import stable_diffusion_score
-from scoregeo_cli.tasks.morph import noisy_endpoints
+from scoregeo_cli.spaces import LatentDiffusionSpace
 from sd_tiny import EMPTY_PROMPT_FILE, add_tiny_text_encoder, build_tiny_sd, make_image_pairs
 
 T = 400
@@ -218,7 +218,7 @@ def test_every_baseline_returns_the_endpoints_at_its_ends():
     abar = 0.4245
     x_a, x_b = abar**0.5 * z_a + (1 - abar) ** 0.5 * eps, abar**0.5 * z_b + (1 - abar) ** 0.5 * eps
     paths = {"lerp": lerp(x_a, x_b, 17), "slerp": slerp(x_a, x_b, 17),
-             "noisediffusion": NoiseDiffusion(gamma=0.3)(z_a, z_b, x_a, x_b, abar, 17, generator=g).path}
+             "noisediffusion": NoiseDiffusion(gamma=0.3).frames(z_a, z_b, x_a, x_b, abar, 17, generator=g).path}
     for name, path in paths.items():
         assert path.shape == (2, 17, 1024), name
         torch.testing.assert_close(path[:, 0], x_a, rtol=1e-12, atol=1e-12, msg=name)
@@ -250,7 +250,7 @@ def test_noisediffusion_matches_a_hand_computation():
         expected.append(values)
 
     t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
-    out = NoiseDiffusion(bound=bound, gamma=gamma, boost=1.2)(
+    out = NoiseDiffusion(bound=bound, gamma=gamma, boost=1.2).frames(
         t(z_a), t(z_b), t(x_a), t(x_b), abar, 4, noise=torch.tensor([noise], dtype=torch.float64))
     torch.testing.assert_close(out.path[0, 1:3], torch.tensor(expected, dtype=torch.float64))
     torch.testing.assert_close(out.path[0, 0], t(x_a)[0])
@@ -262,11 +262,15 @@ def test_endpoints_share_the_noise_or_come_from_ddim_inversion(score):
     model = score.model
     g = torch.Generator().manual_seed(4)
     z_a, z_b, eps = (torch.randn(1, 4, 16, 16, generator=g, dtype=torch.float64) for _ in range(3))
-    x_a, x_b = noisy_endpoints(model, z_a, z_b, T, eps)
+    space = LatentDiffusionSpace(score, inversion_steps=3)
+    ends = space.endpoints(z_a.flatten(1), z_b.flatten(1), eps.flatten(1))
+    x_a, x_b = ends.a.reshape(z_a.shape), ends.b.reshape(z_b.shape)
     abar = sd_abar(T)  # diffusers builds the schedule in float32: agreement to about 1e-5
     torch.testing.assert_close(x_a, math.sqrt(abar) * z_a + math.sqrt(1 - abar) * eps, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(x_a - x_b, math.sqrt(float(model.alphas_cumprod[T])) * (z_a - z_b))
-    i_a, i_b = noisy_endpoints(model, z_a, z_b, T, eps, inversion=True, steps=3)
+    inverted = LatentDiffusionSpace(score, inversion=True, inversion_steps=3).endpoints(
+        z_a.flatten(1), z_b.flatten(1), eps.flatten(1))
+    i_a, i_b = inverted.a.reshape(z_a.shape), inverted.b.reshape(z_b.shape)
     # the UNet runs in float32 and batches the two ends together: agreement to float32 round-off
     torch.testing.assert_close(i_b, ddim_invert(model.eps, z_b, T, model.alphas_cumprod, 3), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(i_a, x_a)
@@ -300,7 +304,7 @@ def test_morphbench_run_end_to_end(tmp_path, tiny_sd, monkeypatch):
     pairs = make_image_pairs(tmp_path / "MorphBench")
     run = tmp_path / "run"
     run_cli(["run", "experiment=sd_morphbench", f"score.pretrained={tiny_sd}", f"dataset.root={pairs}",
-             "task.frames=4", "task.ddim_steps=2", "solver.max_evals=3", "score.device=cpu",
+             "solver.nodes=4", "space.ddim_steps=2", "solver.max_evals=3", "score.device=cpu",
              "score.chunk_size=16",
              f"output_root={tmp_path}", f"hydra.run.dir={run}"], monkeypatch)
 
@@ -327,7 +331,7 @@ def test_morphbench_run_end_to_end(tmp_path, tiny_sd, monkeypatch):
 
     for name in ("Animation/square", "Metamorphosis/disc"):
         strip = np.asarray(Image.open(run / "strips" / f"{name}.png"))
-        assert strip.shape[0] == 5 * 64 and strip.shape[1] > 4 * 64  # inputs + 4 methods, 4 frames
+        assert strip.shape[0] == 5 * (64 + 2) and strip.shape[1] > 4 * 64  # inputs + 4 methods, 4 frames
         frames = {m: [np.asarray(Image.open(run / "frames" / m / name / f"{i:02d}.png")) for i in range(4)]
                   for m in summary}
         assert not (run / "frames" / "lerp" / name / "04.png").exists()

@@ -94,6 +94,30 @@ class ImagePairs:
             self.resolution = int(resolution)
         return self
 
+    # -- the pair-set interface of the image task ------------------------------------------
+    has_truth = False
+    named_pairs = True
+
+    def select(self, n: int | None, generator: torch.Generator, resolution: int | None = None) -> int:
+        """All pairs found (``limit`` already applied); the resolution defaults to the model's."""
+        if resolution is not None:
+            self.with_resolution(resolution)
+        return len(self)
+
+    def describe(self) -> str:
+        return f"{len(self)} image pair(s) under {self.root} at {self.resolution} px"
+
+    def records(self) -> list[dict]:
+        return [{"pair": p, "name": name, "files": [str(f) for f in self.files[p]]} for p, name in enumerate(self.names)]
+
+    def truth(self, batch: list[int], fractions: torch.Tensor) -> None:
+        """No ground truth between two images."""
+        return None
+
+    def reference(self, n: int | None, generator: torch.Generator, tau_range: tuple[float, float]) -> None:
+        """No separate reference set: FID/KID compare frames with the input images."""
+        return None
+
     def check(self) -> None:
         """Read every file once, so a corrupt image stops the run before any model work."""
         from scoregeo_cli.evaluation.images import load_image

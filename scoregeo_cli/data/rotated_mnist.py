@@ -192,6 +192,49 @@ class RotatedDigits:
         theta_b = self.angle_b[0] + (self.angle_b[1] - self.angle_b[0]) * torch.rand(n, generator=generator, dtype=torch.float64)
         return images[idx], theta_a, theta_b, idx
 
+    # -- the pair-set interface of the image task ------------------------------------------
+    has_truth = True
+    named_pairs = False
+
+    def check(self) -> None:
+        """Read the pair split now, so a missing or corrupt file stops the run before model work."""
+        self.images(self.pair_split)
+
+    def select(self, n: int | None, generator: torch.Generator, resolution: int | None = None) -> int:
+        """Draw the run's pairs (see ``pairs``); returns their number."""
+        if n is None or int(n) < 1:
+            raise ScoregeoError(f"n_pairs must be at least 1, got {n}")
+        self._digits, self._theta_a, self._theta_b, self._index = self.pairs(int(n), generator)
+        self.names = [f"pair_{p:02d}" for p in range(int(n))]
+        return int(n)
+
+    def describe(self) -> str:
+        return (f"{len(self.names)} pair(s) of {self.source} digits ({self.pair_split} split), theta_a in "
+                f"{list(self.angle_a)}, theta_b in {list(self.angle_b)} deg")
+
+    def records(self) -> list[dict]:
+        return [{"pair": p, "split": self.pair_split, "index": int(self._index[p]),
+                 "theta_a": float(self._theta_a[p]), "theta_b": float(self._theta_b[p])}
+                for p in range(len(self.names))]
+
+    def truth(self, batch: list[int], fractions: torch.Tensor) -> torch.Tensor:
+        """The digits of ``batch`` rotated to theta_a + f (theta_b - theta_a) for each fraction f
+        (F,): (B, F, 1, 28, 28) float32."""
+        span = (self._theta_b[batch] - self._theta_a[batch])[:, None]
+        angles = self._theta_a[batch][:, None] + fractions.to(span) * span
+        return self.frames(self._digits[batch].double(), angles).float()
+
+    def load(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both ends of the pairs of ``batch``: the digits at theta_a and theta_b, (B, 1, 28, 28)."""
+        ends = self.truth(batch, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        return ends[:, 0], ends[:, 1]
+
+    def reference(self, n: int | None, generator: torch.Generator, tau_range: tuple[float, float]) -> torch.Tensor:
+        """Real images for FID/KID: ``real_rotated`` (n required)."""
+        if n is None:
+            raise ScoregeoError("eval.fid_real must be set for rotated digits (real digits drawn for FID/KID)")
+        return self.real_rotated(int(n), generator, tau_range)
+
     @staticmethod
     def frames(digits: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
         """Ground truth: digits (P, 1, H, W) at angles (P, T) -> (P, T, 1, H, W)."""

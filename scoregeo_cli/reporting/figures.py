@@ -1,14 +1,11 @@
-"""Figures of paths on synthetic manifolds (matplotlib, Agg backend)."""
+"""Figures: paths on synthetic manifolds (matplotlib, Agg backend), image strips and frames (PIL).
+The one strip drawer of every image experiment is ``save_strip``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import torch
 
 COLORS = {"geodesic": "tab:red", "lerp": "tab:blue", "slerp": "tab:green"}
 
@@ -17,6 +14,11 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
                          out: Path, max_pairs: int = 4) -> None:
     """Draw paths in the manifold's own coordinates: its 3-space (spheres S^2, in any
     ambient dimension) or its plane (curves, S^1). Dashed: extrapolations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     k = manifold.draw_coords(a[:1]).shape[-1]
     if k not in (2, 3):
         return  # nothing faithful to draw for spheres of dimension > 2
@@ -40,3 +42,41 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def to_uint8(images: torch.Tensor):
+    """(..., C, H, W) in [0, 1] -> (..., H, W, C) uint8 numpy array (rounded; NaN drawn white)."""
+    return (images.nan_to_num(1.0).clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def save_strip(rows: dict[str, torch.Tensor], path: Path, split: int | None = None, scale: int = 1,
+               label_width: int = 84, gap: int = 6, row_gap: int = 2) -> None:
+    """Image strips: one row of frames per entry of ``rows`` ((F, C, H, W) in [0, 1], C = 1
+    or 3; rows may be shorter, left-aligned), labelled on the left, frames drawn ``scale``
+    times larger (nearest neighbour), a white gap after column ``split`` (interpolation |
+    extrapolation). NaN frames (a failed extrapolation) are drawn white. Saved as a PNG."""
+    from PIL import Image, ImageDraw
+
+    h, w = (s * scale for s in next(iter(rows.values())).shape[-2:])
+    width = max(len(v) for v in rows.values())
+    x_of = [label_width + c * w + (gap if split is not None and c >= split else 0) for c in range(width)]
+    canvas = Image.new("RGB", (x_of[-1] + w, len(rows) * (h + row_gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, frames) in enumerate(rows.items()):
+        y = r * (h + row_gap)
+        draw.text((4, y + h // 2 - 6), name, fill="black")
+        for c, frame in enumerate(to_uint8(frames.expand(-1, 3, -1, -1))):
+            canvas.paste(Image.fromarray(frame).resize((w, h), Image.NEAREST), (x_of[c], y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def save_frames(frames: dict[str, torch.Tensor], folder: Path, name: str) -> None:
+    """Every frame of one pair as ``folder/<method>/<name>/<i:02d>.png``; frames (F, C, H, W) in [0, 1]."""
+    from PIL import Image
+
+    for method, sequence in frames.items():
+        out = folder / method / name
+        out.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(to_uint8(sequence)):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(out / f"{i:02d}.png")

@@ -16,25 +16,25 @@ resolvers ``scoregeo run`` registers (``<output_root>/<experiment_name>/<dirname
 
 from __future__ import annotations
 
+import itertools
+
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from scoregeo_cli import app as _app  # noqa: F401  (registers the resolvers run folders are named with)
+from scoregeo_cli import paths
 from scoregeo_cli.reporting import results
 from scoregeo_cli.errors import ScoregeoError
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPES_DIR = REPO / "experiments"
-CONF_DIR = REPO / "conf"
+RECIPES_DIR = paths.RECIPES_DIR
+CONF_DIR = paths.CONF_DIR
 # keys a recipe fixes itself: extra overrides may not change them
 RESERVED_KEYS = ("seed", "experiment")
 BETTER_WORDS = ("lower", "higher", "none")
@@ -63,9 +63,9 @@ class DirnameRule:
 
     def override_dirname(self, overrides: list[str]) -> str:
         """Hydra's ``hydra.job.override_dirname`` of one job (empty without overrides)."""
-        parsed = [o for o in parse(overrides) if not o.is_hydra_override()]
-        return get_overrides_dirname(overrides=parsed, exclude_keys=list(self.exclude_keys),
-                                     item_sep=self.item_sep, kv_sep=self.kv_sep)
+        lines = sorted(o.input_line for o in parse(overrides)
+                       if not o.is_hydra_override() and o.key_or_group not in self.exclude_keys)
+        return self.item_sep.join(lines).replace("=", self.kv_sep)
 
     def _resolve(self, template: str, root: Path, experiment: str, overrides: list[str], seed: int) -> str:
         node = OmegaConf.create({"output_root": str(root), "experiment_name": experiment, "seed": seed,
@@ -94,11 +94,18 @@ def parse(overrides: list[str]):
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of one ``-m`` sweep, each a list of override strings (Hydra's basic sweeper)."""
-    try:
-        return BasicSweeper.split_arguments(parse(overrides), None)[0]
-    except HydraException as err:
-        raise ScoregeoError(f"cannot expand sweep {overrides}: {str(err).splitlines()[0]}") from None
+    """The jobs of one ``-m`` sweep, each a list of override strings, in the order of Hydra's
+    basic sweeper (the product of the overrides' values, the last varying fastest)."""
+    choices: dict[str, list[str]] = {}
+    for o in parse(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise ScoregeoError(f"cannot expand sweep {overrides}: only lists of values (a,b,c) are supported")
+            choices[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            choices[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def values(overrides: list[str]) -> dict[str, str]:
@@ -408,21 +415,23 @@ class RunLocator:
         return Located(group, folders, {s: runs.get(s) for s in seeds}, overrides, self.root)
 
     def locate(self, group: Group, seeds: list[int]) -> Located:
+        """The group's finished runs, found by what each run recorded (``.hydra/overrides.yaml``
+        of folders holding DONE), never by re-deriving folder names."""
         given = values(self.extras)
         lacking = [k for k in self.requires if k not in given]
-        if lacking:
-            found = self._scan(group, seeds)
-            if found is not None:
-                return found
-            # nothing finished: name the folders with "..." where the user's values go
-            overrides = [*group.run, *self.extras, *(f"{k}=..." for k in lacking)]
-            return self._located(group, overrides, seeds, runs={})
-        return self._located(group, [*group.run, *self.extras], seeds)
+        found = self._scan(group, seeds, match_required=not lacking)
+        if found is not None:
+            return found
+        # nothing finished: name the folders with "..." where the user's values go
+        overrides = [*group.run, *self.extras, *(f"{k}=..." for k in lacking)]
+        return self._located(group, overrides, seeds, runs={})
 
-    def _scan(self, group: Group, seeds: list[int]) -> Located | None:
-        """Finished runs of the group whose only difference is the value of required keys;
-        of several such configurations, the one with most seeds (then the newest) wins."""
-        want = self._key(group.run + self.extras)
+    def _scan(self, group: Group, seeds: list[int], match_required: bool = False) -> Located | None:
+        """Finished runs of the group: their recorded overrides equal the group's (seed and
+        the keys that only say where outputs go aside). Unless ``match_required``, runs may
+        differ in the values of required keys (user paths); of several such configurations,
+        the one with most seeds (then the newest) wins."""
+        want = self._key(group.run + self.extras, match_required)
         candidates: dict[tuple, dict[int, Path]] = {}
         base = self.rule.experiment_dir(self.root, group.experiment)
         if not base.is_dir():
@@ -436,7 +445,7 @@ class RunLocator:
                 seed = int(values(job).get("seed", "0"))
             except (yaml.YAMLError, ValueError, ScoregeoError):
                 continue
-            if seed not in seeds or self._key(job) != want:
+            if seed not in seeds or self._key(job, match_required) != want:
                 continue
             own = values(job)
             required = tuple(f"{k}={own[k]}" for k in self.requires if k in own)
@@ -447,8 +456,8 @@ class RunLocator:
             len(kv[1]), max((results_mtime(p) for p in kv[1].values()), default=0)))
         return self._located(group, [*group.run, *self.extras, *required], seeds, runs)
 
-    def _key(self, overrides: list[str]) -> frozenset:
-        skip = set(self.rule.exclude_keys) | set(self.requires)
+    def _key(self, overrides: list[str], match_required: bool = False) -> frozenset:
+        skip = set(self.rule.exclude_keys) | (set() if match_required else set(self.requires))
         return frozenset((o.key_or_group, o.input_line) for o in parse(overrides)
                          if not o.is_hydra_override() and o.key_or_group not in skip)
 

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from scoregeo_cli import paths
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.reporting.results import atomic_write_text, is_done, summarize
@@ -59,7 +60,7 @@ class MissingRuns(ScoregeoError):
 def git_commit() -> str:
     """Short hash of the checkout scoregeo runs from, or "unknown"."""
     try:
-        out = subprocess.run(["git", "-C", str(rc.REPO), "rev-parse", "--short", "HEAD"],
+        out = subprocess.run(["git", "-C", str(paths.PACKAGE.parent), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"

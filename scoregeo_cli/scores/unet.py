@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from scoregeo_cli.diffusion import EpsScoreField, alphas_cumprod_from, ddim_denoise
+from scoregeo_cli.scores.eps import EpsScoreField
+from scoregeo_cli.spaces.ddim import alphas_cumprod_from, ddim_denoise
 from scoregeo_cli.errors import ScoregeoError, check_finite
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -1,10 +1,8 @@
-"""Diffusion plumbing shared by the image experiments (variance-preserving convention).
+"""The one implementation of noising and DDIM shared by every diffusion space (variance-preserving convention).
 
 * ``alphas_cumprod_from(scheduler_config)``: the schedule, from a diffusers scheduler.
 * ``noise_to``: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (the same eps for both ends
   of a pair gives the paper's shared-noise endpoints).
-* ``EpsScoreField``: the score of a noise-prediction network at a fixed level t,
-  s(x_t) = -eps_theta(x_t, t) / sqrt(1 - abar_t).
 * ``ddim_denoise`` / ``ddim_invert``: deterministic DDIM (eta = 0) between level t and 0
   on any grid of timesteps, written from the DDIM update itself so that t need not lie on
   a scheduler's inference grid (checked against diffusers' DDIMScheduler in
@@ -18,7 +16,6 @@ from typing import Callable
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
-from scoregeo_cli.scores.base import ScoreField
 
 # eps_model(x_t of shape (B, *shape), t: int) -> predicted noise, same shape
 EpsModel = Callable[[torch.Tensor, int], torch.Tensor]
@@ -43,34 +40,6 @@ def noise_to(x0: torch.Tensor, eps: torch.Tensor, t: int, alphas_cumprod: torch.
     """Forward-noise clean samples to level t: sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
     abar = alphas_cumprod[t].to(x0.dtype)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
-
-
-class EpsScoreField(ScoreField):
-    """s(x) = -eps_theta(x, t) / sqrt(1 - abar_t) on flat vectors of ``prod(shape)``.
-
-    Args:
-        eps_model: noise predictor, (B, *shape) at integer level t -> (B, *shape).
-        shape: shape of one sample, e.g. (1, 28, 28) or (4, 64, 64).
-        t: the diffusion level at which the score is taken.
-        alphas_cumprod: the model's schedule (T,).
-        chunk_size: points per network call (memory).
-    """
-
-    def __init__(self, eps_model: EpsModel, shape: tuple[int, ...], t: int,
-                 alphas_cumprod: torch.Tensor, chunk_size: int | None = 64):
-        dim = 1
-        for s in shape:
-            dim *= int(s)
-        super().__init__(dim, chunk_size)
-        self.eps_model = eps_model
-        self.shape = tuple(int(s) for s in shape)
-        self.t = check_level(t, alphas_cumprod)
-        self.alphas_cumprod = alphas_cumprod
-        self.sigma_t = float((1 - alphas_cumprod[self.t]).sqrt())
-
-    def _score(self, x: torch.Tensor) -> torch.Tensor:
-        eps = self.eps_model(x.reshape(-1, *self.shape), self.t)
-        return -eps.reshape(x.shape[0], -1) / self.sigma_t
 
 
 def ddim_grid(t: int, steps: int) -> list[int]:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.methods.base import Method, MethodPath, Plan
+from scoregeo_cli.spaces.base import Endpoints
 
 
 @dataclass
@@ -47,7 +49,7 @@ def coefficients(ell: float, gamma: float = 0.0, boost: float = 1.2) -> tuple[fl
     return alpha, beta, boost * alpha / (alpha + beta), boost * beta / (alpha + beta)
 
 
-class NoiseDiffusion:
+class NoiseDiffusion(Method):
     """The NoiseDiffusion interpolation of noisy latents (see the module docstring).
 
     Args:
@@ -65,9 +67,15 @@ class NoiseDiffusion:
             raise ScoregeoError(f"noisediffusion.boost must be positive, got {boost}")
         self.bound, self.gamma, self.boost = float(bound), float(gamma), float(boost)
 
-    def __call__(self, z_a: torch.Tensor, z_b: torch.Tensor, x_a: torch.Tensor, x_b: torch.Tensor,
-                 abar_t: float, nodes: int, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> NoiseDiffusionPath:
+    def __call__(self, ends: Endpoints, plan: Plan, generator: torch.Generator) -> MethodPath:
+        """The method: frames between the ends at level t (no extrapolation), with the clip fractions."""
+        nd = self.frames(ends.clean_a, ends.clean_b, ends.a, ends.b, ends.abar_t, plan.nodes, generator=generator)
+        return MethodPath(nd.path, None, extra={"clipped_fraction": nd.clipped_fraction,
+                                                "clipped_fraction_endpoints": nd.clipped_fraction_endpoints})
+
+    def frames(self, z_a: torch.Tensor, z_b: torch.Tensor, x_a: torch.Tensor, x_b: torch.Tensor,
+               abar_t: float, nodes: int, noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> NoiseDiffusionPath:
         """Frames at l = i / (nodes - 1), i = 0..nodes-1, for P pairs of flat latents (P, D).
 
         ``noise`` (P, nodes - 2, D): the fresh noise of the interior frames; drawn from

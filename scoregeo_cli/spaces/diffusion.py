@@ -1,0 +1,120 @@
+"""Diffusion spaces: paths live at level t of a diffusion model and come back by DDIM.
+
+The space owns the level t's schedule (from the score field at level t), how both ends of a
+pair reach it (forward noising with one Gaussian eps shared by the pair, the paper's
+protocol, or deterministic DDIM inversion), and the denoiser (DDIM, eta = 0, from t to 0).
+Pixel and latent spaces differ only in how images are encoded and decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.spaces.base import Endpoints, Space
+from scoregeo_cli.spaces.ddim import ddim_denoise, ddim_invert, noise_to
+
+if TYPE_CHECKING:
+    from scoregeo_cli.scores.eps import EpsScoreField
+
+
+class DiffusionSpace(Space):
+    """Paths at level t = ``score.t`` of the score's diffusion model.
+
+    Args:
+        score: the eps-model score field at level t (its ``eps_model``, ``shape``, ``t`` and
+            ``alphas_cumprod`` are the denoiser and schedule).
+        ddim_steps: DDIM steps from t to 0 for every frame (>= 1; 20 from t = 400 is the
+            spacing of a 50-step schedule over 1000 levels).
+        inversion: reach level t by DDIM inversion of the clean ends instead of shared-noise
+            forward noising.
+        inversion_steps: DDIM steps from 0 to t when inverting (>= 1).
+        batch_size: images per network call when denoising (null: the score's chunk size).
+    """
+
+    def __init__(self, score: "EpsScoreField", ddim_steps: int = 20, inversion: bool = False,
+                 inversion_steps: int = 20, batch_size: int | None = None):
+        for name, value in (("space.ddim_steps", ddim_steps), ("space.inversion_steps", inversion_steps)):
+            if int(value) < 1:
+                raise ScoregeoError(f"{name} must be at least 1, got {value}")
+        if batch_size is not None and int(batch_size) < 1:
+            raise ScoregeoError(f"space.batch_size must be at least 1 or null, got {batch_size}")
+        self.score = score
+        self.t, self.alphas_cumprod, self.shape = score.t, score.alphas_cumprod, score.shape
+        self.ddim_steps, self.inversion, self.inversion_steps = int(ddim_steps), bool(inversion), int(inversion_steps)
+        self.batch_size = int(batch_size or score.chunk_size or 64)
+        self.denoise_seconds = 0.0
+
+    @property
+    def abar_t(self) -> float:
+        return float(self.alphas_cumprod[self.t])
+
+    def describe(self) -> str:
+        how = f"DDIM inversion ({self.inversion_steps} steps)" if self.inversion else "shared-noise forward noising"
+        return f"level t={self.t} (abar {self.abar_t:.4f}) by {how}; DDIM back in {self.ddim_steps} steps"
+
+    def endpoints(self, clean_a: torch.Tensor, clean_b: torch.Tensor, eps: torch.Tensor | None) -> Endpoints:
+        if self.inversion:
+            both = torch.cat([clean_a, clean_b]).reshape(-1, *self.shape)
+            noisy = ddim_invert(self.score.eps_model, both, self.t, self.alphas_cumprod, self.inversion_steps,
+                                batch_size=self.batch_size).reshape(2 * len(clean_a), -1)
+            a, b = noisy[: len(clean_a)], noisy[len(clean_a):]
+        else:
+            eps = eps.to(clean_a)
+            a, b = (noise_to(x, eps, self.t, self.alphas_cumprod) for x in (clean_a, clean_b))
+        return Endpoints(a, b, clean_a, clean_b, self.abar_t)
+
+    def denoise(self, points: torch.Tensor) -> torch.Tensor:
+        """DDIM from level t to clean points, (B, D) -> (B, D); NaN rows stay NaN."""
+        start = time.perf_counter()
+        finite = torch.isfinite(points).all(-1)
+        clean = torch.full_like(points, float("nan"))
+        if bool(finite.any()):
+            clean[finite] = ddim_denoise(self.score.eps_model, points[finite].reshape(-1, *self.shape), self.t,
+                                         self.alphas_cumprod, self.ddim_steps,
+                                         batch_size=self.batch_size).reshape(-1, points.shape[-1]).to(points)
+        self.denoise_seconds += time.perf_counter() - start
+        return clean
+
+    def to_data(self, points: torch.Tensor, at_level: bool = True) -> torch.Tensor:
+        return self.decode(self.denoise(points) if at_level else points)
+
+    def decode(self, clean: torch.Tensor) -> torch.Tensor:
+        """Clean flat points (B, D) -> images (B, C, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+
+class PixelDiffusionSpace(DiffusionSpace):
+    """A pixel-space DDPM: images in [0, 1] <-> flat vectors in [-1, 1] (x = 2 image - 1)."""
+
+    def encode(self, data: torch.Tensor) -> torch.Tensor:
+        return (data.double() * 2 - 1).flatten(1)
+
+    def decode(self, clean: torch.Tensor) -> torch.Tensor:
+        return ((clean.reshape(-1, *self.shape) + 1) / 2).clamp(0, 1).float()
+
+
+class LatentDiffusionSpace(DiffusionSpace):
+    """A latent diffusion model (Stable Diffusion): VAE-encode images (posterior mean, scaled)
+    to flat latents, VAE-decode clean latents back to images in [0, 1] (on the CPU)."""
+
+    def __init__(self, score, **kwargs):
+        super().__init__(score, **kwargs)
+        self.model = score.model
+        self.resolution = int(score.model.resolution)  # image size the VAE decodes to
+
+    def describe(self) -> str:
+        return f"model {self.model.source}, latents {self.shape} at {self.resolution} px; " + super().describe()
+
+    def encode(self, data: torch.Tensor) -> torch.Tensor:
+        return self.model.encode(data).double().flatten(1)
+
+    def decode(self, clean: torch.Tensor) -> torch.Tensor:
+        out = torch.full((len(clean), 3, self.model.resolution, self.model.resolution), float("nan"))
+        finite = torch.isfinite(clean).all(-1)
+        if bool(finite.any()):
+            out[finite] = self.model.decode(clean[finite].reshape(-1, *self.shape)).float().cpu()
+        return out
