@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from sklearn.datasets import load_digits
-from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.transforms.v2.functional import gaussian_blur
 
@@ -51,7 +51,8 @@ def features() -> dict[str, torch.Tensor]:
 def test_fid_of_a_set_with_itself_is_zero():
     a = _digits(100, 6)
     result = fid_kid(a, a)
-    assert set(result) == {"fid", "kid", "kid_std"}
+    assert set(result) == {"fid", "kid", "kid_std", "kid_subset_size"}
+    assert result["kid_subset_size"] == 3  # half of each set of 6
     assert result["fid"] == pytest.approx(0.0, abs=1e-3)
     # KID(A, A) is not 0: the unbiased estimate subtracts the kernel's diagonal, k(x, x)
 
@@ -73,12 +74,14 @@ def test_kid_near_zero_for_two_samples_of_one_distribution(features):
     assert kids == sorted(kids)
 
 
-def test_kid_subset_size_is_capped_and_reproducible(features):
+def test_kid_subset_size_is_capped_at_half_the_set_and_reproducible(features):
     capped = kid_from_features(features["a"], features["b"], subset_size=10_000)
-    assert capped == kid_from_features(features["a"], features["b"], subset_size=N)
+    assert capped == kid_from_features(features["a"], features["b"], subset_size=N // 2)
+    assert capped == kid_from_features(features["a"], features["b"])
+    assert capped[1] > 0  # subsets of half the set differ
     small = kid_from_features(features["a"], features["b"], subset_size=5)
     assert small == kid_from_features(features["a"], features["b"], subset_size=5)
-    assert small[1] > 0  # subsets now differ
+    assert small[1] > 0
 
 
 def test_fid_projection_matches_direct_computation():
@@ -128,8 +131,9 @@ def test_cli_fid_on_folders(tmp_path, capsys):
     code = main(["fid", str(tmp_path / "real"), str(tmp_path / "same"), "--kid"])
     assert code == 0
     lines = dict(line.split(": ") for line in capsys.readouterr().out.strip().splitlines())
-    assert set(lines) == {"fid", "kid", "kid_std"}
+    assert set(lines) == {"fid", "kid", "kid_std", "kid_subset_size"}
     assert float(lines["fid"]) > 0
+    assert lines["kid_subset_size"] == "2"  # 2 and 3 images: subsets of 2, the least
 
     code = main(["fid", str(tmp_path / "real"), str(tmp_path / "real")])
     assert code == 0
@@ -153,16 +157,23 @@ def test_cli_fid_errors_name_the_problem(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_fid_kid_match_stock_torchmetrics():
-    """Same numbers as torchmetrics' own FID/KID classes fed images (2048x2048 eigenproblem)."""
+    """Same numbers as torchmetrics' own FID/KID classes fed images (2048x2048 eigenproblem),
+    set to the reference conventions: TF1 bilinear resize (antialias=False), rounded uint8."""
     real, fake = _digits(0, 12), gaussian_blur(_digits(12, 12), kernel_size=9, sigma=1.0)
     ours = fid_kid(real, fake)
-    fid = FrechetInceptionDistance(normalize=True,
-                                   feature_extractor_weights_path=str(weights.require_inception()))
-    kid = KernelInceptionDistance(feature=weights.load_inception(), subsets=100, subset_size=12)
+    path = str(weights.require_inception())
+    fid = FrechetInceptionDistance(antialias=False, feature_extractor_weights_path=path)
+    kid = KernelInceptionDistance(
+        feature=NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                   feature_extractor_weights_path=path, antialias=False),
+        subsets=100, subset_size=6)
     for images, is_real in ((real, True), (fake, False)):
-        fid.update(images.expand(-1, 3, -1, -1), real=is_real)
-        kid.update((images.expand(-1, 3, -1, -1) * 255).to(torch.uint8), real=is_real)
+        uint8 = (images.expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)
+        fid.update(uint8, real=is_real)
+        kid.update(uint8, real=is_real)
     torch.manual_seed(0)
-    kid_mean, _ = kid.compute()
+    kid_mean, kid_std = kid.compute()
+    assert ours["kid_subset_size"] == 6
     assert ours["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
     assert ours["kid"] == pytest.approx(float(kid_mean), rel=1e-4)
+    assert ours["kid_std"] == pytest.approx(float(kid_std), rel=1e-4)

@@ -7,14 +7,18 @@ from pathlib import Path
 
 from scoregeo_cli.errors import ScoregeoError
 
+# as evaluation.images.INCEPTION_RESIZES; that module (torch) is imported only when a command runs
+INCEPTION_RESIZES = ("tf1_bilinear", "antialiased_bilinear")
+
 
 def lpips_main(argv: list[str], prog: str) -> int:
     """Print the LPIPS distance between two image files of the same size."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="LPIPS v0.1 distance between two images of the same size (grayscale is "
-                    "repeated to RGB; images under 64 px on the shorter side are upsampled "
-                    "bilinearly to 64). Needs `scoregeo weights`.")
+        description="LPIPS v0.1 distance between two images of the same size, computed at "
+                    "their own size (grayscale is repeated to RGB; only images too small for "
+                    "the trunk, under 31 px on the shorter side for alex or 16 px for vgg, "
+                    "are upsampled bilinearly to 64). Needs `scoregeo weights`.")
     parser.add_argument("image_a", type=Path, metavar="A")
     parser.add_argument("image_b", type=Path, metavar="B")
     parser.add_argument("--net", choices=("alex", "vgg"), default="alex",
@@ -39,14 +43,20 @@ def fid_main(argv: list[str], prog: str) -> int:
     """Print FID (and with --kid, KID) between two folders of images."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="FID between the images of two folders (2048-d Inception pool features, "
-                    "torchmetrics); --kid adds KID. Images may differ in size; grayscale is "
-                    "repeated to RGB. Needs `scoregeo weights`.")
+        description="FID between the images of two folders (2048-d pool features of the 2015 "
+                    "TF Inception, inputs resized to 299 px with TF1's legacy bilinear resize "
+                    "as pytorch-fid and torch-fidelity do); --kid adds KID. Images may differ "
+                    "in size; grayscale is repeated to RGB. Needs `scoregeo weights`.")
     parser.add_argument("dir_a", type=Path, metavar="DIR_A", help="reference (real) images")
     parser.add_argument("dir_b", type=Path, metavar="DIR_B", help="images to score")
     parser.add_argument("--kid", action="store_true", help="also print KID and its std")
     parser.add_argument("--kid-subset-size", type=int, default=None,
-                        help="KID subset size (default 1000, capped at the smaller set)")
+                        help="largest KID subset size (default 1000); the size used, capped "
+                             "at half of each set, is printed as kid_subset_size")
+    parser.add_argument("--resize", choices=INCEPTION_RESIZES, default="tf1_bilinear",
+                        help="resize of the images to 299 px: tf1_bilinear (default, TF1's "
+                             "legacy bilinear, the FID reference) or antialiased_bilinear "
+                             "(torchmetrics' default)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images per Inception forward pass (default: 32)")
     args = parser.parse_args(argv)
@@ -56,16 +66,21 @@ def fid_main(argv: list[str], prog: str) -> int:
         fid_from_features,
         folder_features,
         kid_from_features,
+        kid_subset_size_for,
         list_images,
     )
 
-    # fail on a bad or too small folder before the network runs
-    check_set_sizes(len(list_images(args.dir_a)), len(list_images(args.dir_b)))
-    real = folder_features(args.dir_a, args.batch_size)
-    fake = folder_features(args.dir_b, args.batch_size)
+    # fail on a bad or too small folder, or a bad subset size, before the network runs
+    n_real, n_fake = len(list_images(args.dir_a)), len(list_images(args.dir_b))
+    check_set_sizes(n_real, n_fake)
+    if args.kid:
+        subset_size = kid_subset_size_for(n_real, n_fake, args.kid_subset_size)
+    real = folder_features(args.dir_a, args.batch_size, args.resize)
+    fake = folder_features(args.dir_b, args.batch_size, args.resize)
     print(f"fid: {fid_from_features(real, fake):.4f}")
     if args.kid:
-        kid, kid_std = kid_from_features(real, fake, args.kid_subset_size)
+        kid, kid_std = kid_from_features(real, fake, subset_size)
         print(f"kid: {kid:.6f}")
         print(f"kid_std: {kid_std:.6f}")
+        print(f"kid_subset_size: {subset_size}")
     return 0
