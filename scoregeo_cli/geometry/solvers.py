@@ -1,9 +1,18 @@
 """Boundary-value geodesics: minimise the discrete curve energy with fixed ends.
 
+Every solver reports the true gradient norm of the energy (over the interior nodes) at its
+start and end (``grad_norm0``, ``grad_norm``, measured after the solve and not counted in
+``score_evals``); ``converged`` means grad_norm <= gtol * grad_norm0.
+
 Solvers are callables ``solver(metric, a, b) -> GeodesicResult`` on P pairs at once
 (a, b of shape (P, D)). Every path of every pair goes through the score network in one
 batched call per iteration (chunked by the score field).
 
+* ``GaussNewtonSolver`` (the default): linearise the residuals r_k = sqrt(lam w_k) u(y_k).y'_k
+  of the energy including how the scores move with the nodes (one batched score
+  evaluation and one vector-Jacobian product per iteration), solve the Gauss-Newton normal
+  equations through their low-rank structure (a K x K solve, K quadrature points, never
+  D x D), backtrack on the true energy. Converges to a stationary point of the true energy.
 * ``FixedPointSolver``: freeze the metric at the current path, solve the frozen problem in
   closed form (an (N k) x (N k) solve), re-evaluate the scores, repeat; steps that raise
   the true energy are damped. No gradient through the network.
@@ -17,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
@@ -29,7 +39,11 @@ class GeodesicResult:
 
     path: (P, N+1, D) nodes, endpoints included. energy: (P,) final curve energy.
     energy_trace: the energies (P,) of the current paths after each iteration. score_evals: batched score
-    evaluations used. seconds: wall time. converged: (P,) bool.
+    evaluations used (forward passes). seconds: wall time. converged: (P,) bool, the true
+    gradient norm fell below gtol times its value at the start. grad_norm, grad_norm0: (P,)
+    norm of the true energy gradient over the interior nodes at the end and at the start.
+    vjp_evals: batched vector-Jacobian products through the score (backward passes);
+    score_points, vjp_points: points those passes covered (for forward-equivalent costs).
     """
 
     path: torch.Tensor
@@ -39,6 +53,40 @@ class GeodesicResult:
     converged: torch.Tensor
     iterations: int
     energy_trace: list[list[float]] = field(default_factory=list)
+    grad_norm: torch.Tensor | None = None
+    grad_norm0: torch.Tensor | None = None
+    vjp_evals: int = 0
+    score_points: int = 0
+    vjp_points: int = 0
+
+
+def gradient_norm(metric: Metric, path: torch.Tensor) -> torch.Tensor:
+    """|dE/dx_interior| (P,) of the metric's energy at ``path``, left out of the score's
+    counters (a measurement, not part of a solve)."""
+    score = metric.score
+    saved = (score.calls, score.points, score.seconds)
+    try:
+        if hasattr(metric, "energy_gradient"):
+            grad = metric.energy_gradient(path)[1]
+        else:
+            with torch.enable_grad():
+                x = path.detach().requires_grad_(True)
+                grad = torch.autograd.grad(metric.energy(x).sum(), x)[0][:, 1:-1]
+    finally:
+        score.calls, score.points, score.seconds = saved
+    return grad.flatten(1).norm(dim=-1).detach()
+
+
+def _finish(metric: Metric, result: "GeodesicResult", path0: torch.Tensor, gtol: float,
+            points0: int) -> "GeodesicResult":
+    """Fill the gradient norms, ``converged`` and the point counts of a result."""
+    if result.grad_norm0 is None:
+        result.grad_norm0 = gradient_norm(metric, path0)
+    if result.grad_norm is None:
+        result.grad_norm = gradient_norm(metric, result.path)
+    result.converged = result.grad_norm <= gtol * result.grad_norm0
+    result.score_points = metric.score.points - points0
+    return result
 
 
 def straight_path(a: torch.Tensor, b: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -56,6 +104,21 @@ def _check_nodes(nodes: int) -> int:
 def _check_positive(name: str, value) -> None:
     if not value > 0:
         raise ScoregeoError(f"{name} must be positive, got {value}")
+
+
+def _select(mask: torch.Tensor, new, old):
+    """Per-pair choice between two factor tensors (P, ...) or two ``Evaluation``s."""
+    if isinstance(new, torch.Tensor):
+        return torch.where(mask.reshape(-1, *([1] * (new.dim() - 1))), new, old)
+    if bool(mask.all()):
+        return new
+    if not bool(mask.any()):
+        return old
+    for name in ("path", "r", "_u", "velocity", "energy"):  # the fields _target reads
+        value = torch.where(mask.reshape(-1, *([1] * (getattr(new, name).dim() - 1))),
+                            getattr(new, name).detach(), getattr(old, name).detach())
+        setattr(old, name, value)
+    return old
 
 
 def frozen_metric_step(path: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -97,34 +160,64 @@ class FixedPointSolver:
     so it is not exactly a minimiser of the true energy, and close to it the step stops
     lowering that energy.
 
+    For metrics other than the polygon with one or two rows per segment (e.g. the cubic
+    spline, ``metric.interpolation=cubic``) the frozen minimiser comes from
+    ``gauss_newton_step`` with the score's Jacobian left out.
+
+    ``converged`` in the result follows the module's rule (true gradient norm below
+    ``gtol`` times its start value); the iteration itself stops on ``tol``.
+
     Args:
         nodes: nodes per path, endpoints included (>= 3).
         max_evals: budget of batched score evaluations (> 0).
-        tol: convergence tolerance on the relative node displacement (> 0).
+        tol: stopping tolerance on the relative node displacement (> 0).
         min_step: smallest damping factor before giving up on a pair.
+        gtol: relative gradient-norm tolerance of ``converged`` (> 0).
     """
 
-    def __init__(self, nodes: int = 16, max_evals: int = 50, tol: float = 1e-4, min_step: float = 1e-3):
+    def __init__(self, nodes: int = 16, max_evals: int = 50, tol: float = 1e-4, min_step: float = 1e-3,
+                 gtol: float = 1e-5):
         self.nodes = _check_nodes(nodes)
         _check_positive("solver.max_evals", max_evals)
         _check_positive("solver.tol", tol)
+        _check_positive("solver.gtol", gtol)
         self.max_evals, self.tol, self.min_step = int(max_evals), float(tol), float(min_step)
+        self.gtol = float(gtol)
+
+    @staticmethod
+    def _frozen(metric: Metric, path: torch.Tensor):
+        """(target, factors-or-evaluation, energy) of the frozen problem at ``path``."""
+        if getattr(metric, "polygon_factors", True):
+            factors = metric.factors(path)
+            return factors, metric.energy_from_factors(path, factors)
+        ev = metric.evaluate(path)
+        return ev, ev.energy.detach()
+
+    @staticmethod
+    def _target(path: torch.Tensor, state, lam: float) -> torch.Tensor:
+        if isinstance(state, torch.Tensor):
+            return frozen_metric_step(path, state)
+        step, _ = gauss_newton_step(state.model, lam, path, state.r.detach(), state._u.detach(), None)
+        out = path.clone()
+        out[:, 1:-1] += step
+        return out
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
-        start, evals0 = time.perf_counter(), metric.score.calls
+        start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path = straight_path(a, b, self.nodes) if init is None else init.clone()
+        path0 = path
         scale = (b - a).norm(dim=-1).clamp_min(1e-30)  # (P,)
+        lam = getattr(metric, "lam", 0.0)
         with torch.no_grad():
-            factors = metric.factors(path)
-            energy = metric.energy_from_factors(path, factors)
+            factors, energy = self._frozen(metric, path)
             trace = [energy.tolist()]
             step = torch.ones_like(energy)
             done = torch.zeros_like(energy, dtype=torch.bool)
             it = 0
             while metric.score.calls - evals0 < self.max_evals and not bool(done.all()):
                 it += 1
-                target = frozen_metric_step(path, factors)
+                target = self._target(path, factors, lam)
                 check_finite(target, "the fixed-point path", f"solver iteration {it}")
                 residual = (target - path).norm(dim=-1).amax(dim=-1) / scale
                 done = done | (residual < self.tol) | (step < self.min_step)
@@ -132,18 +225,18 @@ class FixedPointSolver:
                 if not bool(active.any()):
                     break
                 trial = path + step[:, None, None] * (target - path)
-                trial_factors = metric.factors(trial)
-                trial_energy = metric.energy_from_factors(trial, trial_factors)
+                trial_factors, trial_energy = self._frozen(metric, trial)
                 check_finite(trial_energy, "the curve energy", f"solver iteration {it}")
                 accept = active & (trial_energy <= energy * (1 + 1e-12))
                 path = torch.where(accept[:, None, None], trial, path)
-                factors = torch.where(accept[:, None, None, None], trial_factors, factors)
+                factors = _select(accept, trial_factors, factors)
                 energy = torch.where(accept, trial_energy, energy)
                 step = torch.where(accept, (2 * step).clamp(max=1.0), torch.where(active, step / 2, step))
                 trace.append(energy.tolist())
-        converged = done & (step >= self.min_step)
-        return GeodesicResult(path, energy, metric.score.calls - evals0, time.perf_counter() - start,
-                              converged, it, trace)
+        result = GeodesicResult(path, energy, metric.score.calls - evals0, 0.0, done, it, trace)
+        result = _finish(metric, result, path0, self.gtol, points0)
+        result.seconds = time.perf_counter() - start
+        return result
 
 
 class OptimizerSolver:
@@ -158,13 +251,16 @@ class OptimizerSolver:
             0 runs the whole budget.
         freeze_score: treat the scores as constants within each step (no backward pass
             through the network) instead of differentiating through them.
+        gtol: relative gradient-norm tolerance of ``converged`` (> 0).
     """
 
     OPTIMIZERS = ("adam", "lbfgs")
 
     def __init__(self, nodes: int = 16, optimizer: str = "adam", lr: float = 1e-3,
-                 max_evals: int = 500, tol: float = 0.0, freeze_score: bool = False):
+                 max_evals: int = 500, tol: float = 0.0, freeze_score: bool = False, gtol: float = 1e-6):
         self.nodes = _check_nodes(nodes)
+        _check_positive("solver.gtol", gtol)
+        self.gtol = float(gtol)
         if optimizer not in self.OPTIMIZERS:
             raise ScoregeoError(f"solver.optimizer must be one of {self.OPTIMIZERS}, got '{optimizer}'")
         _check_positive("solver.lr", lr)
@@ -178,9 +274,10 @@ class OptimizerSolver:
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
-        start, evals0 = time.perf_counter(), metric.score.calls
+        start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path0 = straight_path(a, b, self.nodes) if init is None else init
         interior = path0[:, 1:-1].clone().requires_grad_(True)
+        backward = [0, 0]  # vector-Jacobian products through the score and their points
         trace: list[list[float]] = []
 
         def full_path() -> torch.Tensor:
@@ -188,10 +285,11 @@ class OptimizerSolver:
 
         def energy_of(path: torch.Tensor) -> torch.Tensor:
             if self.freeze_score:
-                with torch.no_grad():
-                    factors = metric.factors(path)
-                return metric.energy_from_factors(path, factors)
-            return metric.energy(path)
+                return metric.energy(path, detach_score=True)
+            points = metric.score.points
+            energy = metric.energy(path)
+            backward[0], backward[1] = backward[0] + 1, backward[1] + metric.score.points - points
+            return energy
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -218,6 +316,176 @@ class OptimizerSolver:
         with torch.no_grad():
             path = full_path().detach()
             energy = metric.energy(path)  # the final energy costs one evaluation
-        converged = torch.full_like(energy, metric.score.calls - evals0 < self.max_evals, dtype=torch.bool)
-        return GeodesicResult(path, energy, metric.score.calls - evals0, time.perf_counter() - start,
-                              converged, len(trace), trace)
+        result = GeodesicResult(path, energy, metric.score.calls - evals0, 0.0,
+                                torch.zeros_like(energy, dtype=torch.bool), len(trace), trace,
+                                vjp_evals=backward[0], vjp_points=backward[1])
+        result = _finish(metric, result, path0, self.gtol, points0)
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+
+def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
+                      g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss-Newton step and true gradient over the interior nodes, both (P, N-1, D).
+
+    With the curve model's phi, dphi, weights w (``metrics.CurveModel``, K quadrature
+    points), E = 1/2 x^T (S (x) I) x + 1/2 sum_k r_k^2, S the stiffness, r_k =
+    sqrt(lam w_k) u_k.y'_k. Its linearised residual rows over the interior nodes are
+    w_k = a_k (x) u_k + b_k (x) g_k, a_k = sqrt(lam w_k) dphi_k, b_k = sqrt(lam w_k) phi_k,
+    g_k = J_k^T y'_k, and the true gradient is (S x)_int + sum_k r_k w_k. The normal
+    equations (S_int (x) I + W W^T) delta = -grad are solved by Woodbury: S_int^{-1} is
+    (N-1) x (N-1), and the capacitance matrix I + W^T (S_int^{-1} (x) I) W is K x K,
+    assembled from the Gram matrices of the u_k and g_k (K^2 D work, never D x D):
+        [W^T A^-1 W]_kl = (a_k A^-1 a_l)(u_k.u_l) + (a_k A^-1 b_l)(u_k.g_l)
+                          + (b_k A^-1 a_l)(g_k.u_l) + (b_k A^-1 b_l)(g_k.g_l).
+    With g None (the frozen metric) the step lands on the exact minimiser of the frozen
+    quadratic problem. Solves run in float64.
+    """
+    work = torch.float64
+    x, r, u = path.to(work), r.to(work), u.to(work)
+    dev = path.device
+    scale = torch.as_tensor(np.sqrt(lam * model.weights), dtype=work, device=dev)[:, None]
+    a = scale * torch.as_tensor(model.dphi[:, 1:-1], dtype=work, device=dev)  # (K, N-1)
+    b = scale * torch.as_tensor(model.phi[:, 1:-1], dtype=work, device=dev)
+    stiff = torch.as_tensor(model.stiffness, dtype=work, device=dev)
+    a_inv = torch.linalg.inv(stiff[1:-1, 1:-1])  # S_int^{-1}
+    grad = torch.einsum("ij,pjd->pid", stiff[1:-1], x) + torch.einsum("ki,pk,pkd->pid", a, r, u)
+    cap = (a @ a_inv @ a.T) * (u @ u.transpose(1, 2))
+    if g is not None:
+        g = g.to(work)
+        grad = grad + torch.einsum("ki,pk,pkd->pid", b, r, g)
+        cross = (a @ a_inv @ b.T) * (u @ g.transpose(1, 2))
+        cap = cap + cross + cross.transpose(1, 2) + (b @ a_inv @ b.T) * (g @ g.transpose(1, 2))
+    cap = cap + torch.eye(cap.shape[-1], dtype=work, device=dev)
+    z = torch.einsum("ij,pjd->pid", a_inv, grad)  # A^-1 grad
+    rhs = (torch.einsum("ki,pid->pkd", a, z) * u).sum(-1)
+    if g is not None:
+        rhs = rhs + (torch.einsum("ki,pid->pkd", b, z) * g).sum(-1)
+    y = torch.linalg.solve(cap, rhs.unsqueeze(-1)).squeeze(-1)  # (P, K)
+    wy = torch.einsum("ki,pk,pkd->pid", a, y, u)
+    if g is not None:
+        wy = wy + torch.einsum("ki,pk,pkd->pid", b, y, g)
+    step = -(z - torch.einsum("ij,pjd->pid", a_inv, wy))
+    return step.to(path.dtype), grad.to(path.dtype)
+
+
+class GaussNewtonSolver:
+    """Gauss-Newton on the true curve energy, with a backtracking (Armijo) line search.
+
+    Each iteration linearises the residuals at the current path (one batched score
+    evaluation, kept differentiable, and one vector-Jacobian product through the score),
+    solves the normal equations with ``gauss_newton_step`` and tries the step at lengths
+    min(1, 2 alpha_last), then halving, until the true energy falls by at least 1e-4 of the
+    first-order decrease (alpha_last: the pair's last accepted length) (one batched score evaluation per trial; an accepted full step's evaluation is
+    the next linearisation's). A pair stops as converged when its true gradient norm falls
+    below ``gtol`` times its value on the first path, and as stalled when no trial lowers its
+    energy (rounding) or its step length falls below ``min_step``. A metric without
+    residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
+
+    Args:
+        nodes: nodes per path, endpoints included (>= 3).
+        max_evals: budget of batched score evaluations (forward passes, > 0).
+        gtol: relative gradient-norm tolerance (> 0).
+        warm_start: fixed-point iterations first (0: none); each costs one evaluation.
+        min_step: smallest step length tried.
+    """
+
+    def __init__(self, nodes: int = 16, max_evals: int = 100, gtol: float = 1e-8, warm_start: int = 0,
+                 min_step: float = 1e-6):
+        self.nodes = _check_nodes(nodes)
+        _check_positive("solver.max_evals", max_evals)
+        _check_positive("solver.gtol", gtol)
+        if int(warm_start) < 0:
+            raise ScoregeoError(f"solver.warm_start must be >= 0, got {warm_start}")
+        self.max_evals, self.gtol = int(max_evals), float(gtol)
+        self.warm_start, self.min_step = int(warm_start), float(min_step)
+
+    def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
+                 init: torch.Tensor | None = None) -> GeodesicResult:
+        if not hasattr(metric, "evaluate"):  # no residual structure: L-BFGS on its energy
+            return OptimizerSolver(self.nodes, "lbfgs", 1.0, max(self.max_evals, 2), 1e-12,
+                                   gtol=self.gtol)(metric, a, b, init)
+        start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
+        path = straight_path(a, b, self.nodes) if init is None else init.clone()
+        path0 = path
+        trace: list[list[float]] = []
+        vjps = vjp_points = 0
+        it = 0
+        if self.warm_start:
+            warm = FixedPointSolver(self.nodes, max_evals=min(self.warm_start, self.max_evals - 1) or 1,
+                                    tol=1e-6)(metric, a, b, path)
+            path, trace, it = warm.path, warm.energy_trace[:-1], warm.iterations
+        p = path.shape[0]
+        gnorm0 = warm.grad_norm0.clone() if self.warm_start else None  # at the first path
+        ev = metric.evaluate(path)
+        energy = ev.energy.detach()
+        trace.append(energy.tolist())
+        gnorm = None
+        done = torch.zeros(p, dtype=torch.bool, device=path.device)
+        converged = torch.zeros_like(done)
+        idx_all = torch.arange(p, device=path.device)
+        last_alpha = torch.ones(p, dtype=path.dtype, device=path.device)  # step length accepted last
+        while True:
+            active = idx_all[~done]
+            if active.numel() == 0:
+                break
+            r, u, g = ev.linearize()
+            vjps, vjp_points = vjps + 1, vjp_points + u.shape[0] * u.shape[1]
+            step, grad = gauss_newton_step(ev.model, metric.lam, path[active], r, u, g)
+            norm = grad.flatten(1).norm(dim=-1)
+            if gnorm is None:
+                gnorm = norm.clone()
+                gnorm0 = norm.clone() if gnorm0 is None else gnorm0
+            gnorm[active] = norm
+            conv = norm <= self.gtol * gnorm0[active]
+            converged[active] |= conv
+            done[active] |= conv
+            if metric.score.calls - evals0 >= self.max_evals:
+                break
+            keep = ~conv
+            active, step, grad = active[keep], step[keep], grad[keep]
+            if active.numel() == 0:
+                break
+            it += 1
+            slope = (step * grad).flatten(1).sum(-1)  # < 0: a descent direction
+            e0 = energy[active]
+            alpha = (2 * last_alpha[active]).clamp(max=1.0)
+            pending = torch.ones_like(e0, dtype=torch.bool)
+            first = True
+            ev_next = None
+            while bool(pending.any()) and metric.score.calls - evals0 < self.max_evals:
+                sel = pending.nonzero().squeeze(1)
+                trial = path[active[sel]].clone()
+                trial[:, 1:-1] += alpha[sel, None, None] * step[sel]
+                ev_trial = metric.evaluate(trial)
+                e_trial = ev_trial.energy.detach()
+                check_finite(e_trial, "the curve energy", f"solver iteration {it}")
+                ok = e_trial <= e0[sel] + 1e-4 * alpha[sel] * slope[sel]
+                acc = sel[ok]
+                path[active[acc]] = trial[ok]
+                energy[active[acc]] = e_trial[ok]
+                if first and bool(ok.all()) and sel.numel() == active.numel():
+                    ev_next = ev_trial
+                first = False
+                pending[acc] = False
+                last_alpha[active[acc]] = alpha[acc]
+                alpha[sel[~ok]] /= 2
+                stalled = pending & (alpha < self.min_step)
+                done[active[stalled]] = True
+                pending &= ~stalled
+            done[active[pending]] = True  # budget spent in the line search
+            trace.append(energy.tolist())
+            active = idx_all[~done]
+            if active.numel() == 0 or metric.score.calls - evals0 >= self.max_evals:
+                break
+            if ev_next is not None and ev_next.path.shape[0] == active.numel() \
+                    and torch.equal(ev_next.path, path[active]):
+                ev = ev_next
+            else:
+                ev = metric.evaluate(path[active])
+        result = GeodesicResult(path, energy, metric.score.calls - evals0, 0.0, converged, it, trace,
+                                grad_norm0=gnorm0, vjp_evals=vjps, vjp_points=vjp_points)
+        result = _finish(metric, result, path0, self.gtol, points0)
+        result.seconds = time.perf_counter() - start
+        return result
