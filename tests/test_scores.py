@@ -88,6 +88,32 @@ def test_bessel_ratio_at_large_order_matches_mpmath():
         assert abs(got - ref) < 1e-10 * ref
 
 
+def test_bessel_ratio_matches_mpmath_across_the_underflow_bands():
+    """A grid over nu up to 1000 and kappa from 1e-7 to 1e4, dense where ive(nu + 1, kappa)
+    underflows (e.g. nu = 100, kappa in [0.069, 0.074], where the quotient of scaled values
+    was 0); values and the derivative identity R' = 1 - R^2 - (2 nu + 1) R / kappa."""
+    mpmath = pytest.importorskip("mpmath")
+    from scipy.special import ive
+
+    mpmath.mp.dps = 40
+    worst, underflowed = 0.0, 0
+    for nu in [0.0, 0.5, 4.5, 49.5, 100.0, 100.5, 300.0, 499.5, 1000.0]:
+        ks = torch.cat([torch.logspace(-7, 4, 34, dtype=torch.float64),
+                        torch.linspace(0.069, 0.074, 4, dtype=torch.float64)])
+        k = ks.clone().requires_grad_(True)
+        got = bessel_ratio(k, nu)
+        (deriv,) = torch.autograd.grad(got.sum(), k)
+        for kv, g, dg in zip(ks.tolist(), got.tolist(), deriv.tolist()):
+            mk = mpmath.mpf(kv)
+            ref = mpmath.besseli(nu + 1, mk) / mpmath.besseli(nu, mk)
+            ref_d = 1 - ref**2 - (2 * nu + 1) * ref / mk
+            worst = max(worst, abs(g - float(ref)) / float(ref))
+            assert abs(g - float(ref)) <= 1e-11 * float(ref), (nu, kv, g, float(ref))
+            assert abs(dg - float(ref_d)) <= 1e-6 * abs(float(ref_d)) + 1e-12, (nu, kv, dg, float(ref_d))
+        underflowed += int((ive(nu + 1, ks.numpy()) < 1e-290).sum())
+    assert underflowed > 100  # the grid does cover the bands that route to the continued fraction
+
+
 def test_high_dimensional_sphere_score_is_finite_and_radial():
     sphere = Sphere(300, 301, seed=0)
     score = sphere.exact_score(1.0)

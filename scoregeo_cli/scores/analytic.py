@@ -46,9 +46,12 @@ def _ratio_continued_fraction(nu: float, k: np.ndarray, tol: float = 1e-15,
 def _ratio(nu: float, k: np.ndarray) -> np.ndarray:
     small = k < 1e-8
     safe = np.where(small, 1.0, k)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = ive(nu + 1, safe) / ive(nu, safe)
-    bad = ~np.isfinite(ratio) & np.isfinite(safe)
+    with np.errstate(invalid="ignore", divide="ignore", under="ignore"):
+        top = ive(nu + 1, safe)
+        ratio = top / ive(nu, safe)
+    # where ive(nu + 1, k) underflows (or is subnormal: few digits left), the quotient is 0 or
+    # inaccurate although I_{nu+1}/I_nu is not small (e.g. nu = 100, k in [0.069, 0.074])
+    bad = (~np.isfinite(ratio) | (top < 1e-290)) & np.isfinite(safe)
     if bad.any():
         ratio[bad] = _ratio_continued_fraction(nu, safe[bad])
     return np.where(small, k / (2 * nu + 2), ratio)
@@ -58,7 +61,7 @@ class _BesselRatio(torch.autograd.Function):
     """R_nu(k) = I_{nu+1}(k) / I_nu(k), elementwise, differentiable to any order.
 
     Values come from SciPy's exponentially scaled Bessel functions (stable for large k),
-    or from the continued fraction where those underflow (large nu); the derivative uses
+    or from the continued fraction where ive(nu + 1, k) < 1e-290 (underflow, large nu); the derivative uses
     the identity R' = 1 - R^2 - (2 nu + 1) R / k, written in torch ops on the saved output
     so that double backward works too.
     """
