@@ -1,25 +1,206 @@
-"""Build the pluggable objects of a run from its config (all through ``instantiate``)."""
+"""Build the pluggable objects of a run from its config (all through ``instantiate``).
+
+Every config node with a ``_target_`` is checked against its target's signature before
+anything is built (``check_config``, ``check_node``): a key the constructor does not take
+and a value whose type does not match its annotation (int, float, bool, str, list, None)
+are refused in one sentence naming the key, the value and what it accepts. Range checks
+stay with the constructors.
+"""
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
+
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.geometry.metrics import Metric
 from scoregeo_cli.scores.base import ScoreField
 
+# keys of a config node that are not constructor arguments (``score.train``: `scoregeo train`)
+NOT_ARGUMENTS = ("train",)
+# type words of annotations -> the Python types they accept and how a sentence names them
+KINDS = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+    "Path": ((str,), "a path"),
+    "PathLike": ((str,), "a path"),
+    "list": ((list, tuple), "a list"),
+    "tuple": ((list, tuple), "a list"),
+    "Sequence": ((list, tuple), "a list"),
+    "None": ((type(None),), "null"),
+    "dict": ((dict,), "a mapping"),
+}
 
-def instantiate(node, **kwargs):
-    """hydra.utils.instantiate, letting a constructor's ScoregeoError through unwrapped."""
+
+def kinds_of(annotation) -> list[str] | None:
+    """The type words of an annotation (``"float | None"`` -> ["float", "None"]); None when
+    any part is not one of KINDS (then any value passes)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    text = text.replace("typing.", "")
+    optional = re.fullmatch(r"Optional\[(.*)\]", text)
+    if optional:
+        text = f"{optional.group(1)} | None"
+    words = []
+    for part in _split_union(text):
+        word = re.match(r"[\w.]*", part.strip()).group(0).rsplit(".", 1)[-1]
+        if word not in KINDS:
+            return None
+        words.append(word)
+    return words
+
+
+def _split_union(text: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "|" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return [*parts, current]
+
+
+def accepts(value, words: list[str]) -> bool:
+    for word in words:
+        types = KINDS[word][0]
+        if isinstance(value, bool) and word not in ("bool",):
+            continue
+        if isinstance(value, types):
+            return True
+    return False
+
+
+def describe(words: list[str]) -> str:
+    names = list(dict.fromkeys(KINDS[w][1] for w in words))
+    return " or ".join(names)
+
+
+def check_value(key: str, value, words: list[str]) -> None:
+    """Refuse ``value`` of config key ``key`` unless it is one of the type words."""
+    if not accepts(value, words):
+        shown = f"'{value}'" if isinstance(value, str) else value
+        raise ScoregeoError(f"{key} must be {describe(words)}, got {shown}")
+
+
+def _target_parameters(target: str, key: str):
     try:
-        return hydra_instantiate(node, **kwargs)
+        obj = get_object(target)
+    except Exception as err:  # noqa: BLE001  (a target that does not import)
+        raise ScoregeoError(f"{key}._target_ '{target}' cannot be imported: {str(err).splitlines()[0]}") from None
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    return signature.parameters
+
+
+def check_node(node, key: str) -> None:
+    """Check one config node with a ``_target_`` (and the nodes inside it) against the
+    signature of its target: unknown keys and mistyped values end in one sentence."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    params = _target_parameters(str(node["_target_"]), key)
+    if params is None:
+        return
+    named = {n: p for n, p in params.items()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) and n != "self"}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    for name, value in node.items():
+        full = f"{key}.{name}" if key else name
+        if name.startswith("_") and name.endswith("_"):
+            continue
+        if name in NOT_ARGUMENTS:
+            if isinstance(value, dict) and "_target_" in value:
+                check_node(value, full)
+            continue
+        if name not in named:
+            if open_ended:
+                continue
+            raise ScoregeoError(f"{full} is not an option of {key} ({node['_target_']}); "
+                                f"it takes: {', '.join(named) or 'nothing'}")
+        if isinstance(value, dict) and "_target_" in value:
+            check_node(value, full)
+            continue
+        if value == "???":
+            continue
+        words = kinds_of(named[name].annotation)
+        if words is None:
+            continue
+        if named[name].default is None and "None" not in words:
+            words = [*words, "None"]
+        check_value(full, value, words)
+        inner = re.fullmatch(r"(?:list|tuple|Sequence)\[(\w+)(?:, *\1)*\](?: *\| *None)?",
+                             str(named[name].annotation).strip())
+        if isinstance(value, (list, tuple)) and inner and inner.group(1) in PLURAL \
+                and not all(accepts(item, [inner.group(1)]) for item in value):
+            raise ScoregeoError(f"{full} must be a list of {PLURAL[inner.group(1)]}, got {value}")
+
+
+PLURAL = {"int": "integers", "float": "numbers", "str": "strings", "bool": "true/false values"}
+
+
+def check_config(cfg: DictConfig, key: str = "") -> None:
+    """Check every node with a ``_target_`` in ``cfg`` (``check_node``)."""
+    for name in cfg:
+        if name == "hydra":
+            continue
+        node = cfg._get_node(name)
+        if not isinstance(node, DictConfig) or node._is_missing() or node._is_none():
+            continue
+        full = f"{key}.{name}" if key else str(name)
+        if "_target_" in node:
+            check_node(node, full)
+        else:
+            check_config(node, full)
+
+
+def _key_of(node) -> str:
+    if isinstance(node, DictConfig):
+        try:
+            return node._get_full_key(None) or ""
+        except Exception:  # noqa: BLE001
+            return ""
+    return ""
+
+
+def instantiate(node, *args, key: str | None = None, **kwargs):
+    """hydra.utils.instantiate after ``check_node``; a constructor's error comes out as one
+    ScoregeoError sentence, never wrapped in Hydra's "Error in call to target"."""
+    key = _key_of(node) if key is None else key
+    if isinstance(node, (dict, DictConfig)) and "_target_" in node:
+        check_node(node, key)
+    try:
+        return hydra_instantiate(node, *args, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, ScoregeoError):
             raise cause from None
-        raise
+        if isinstance(cause, OSError):
+            from scoregeo_cli.reporting.results import os_error_sentence
+
+            raise ScoregeoError(os_error_sentence(cause, "read")) from None
+        if cause is None:
+            raise ScoregeoError(str(err).splitlines()[0]) from None
+        target = node.get("_target_") if isinstance(node, (dict, DictConfig)) else None
+        raise ScoregeoError(f"{key or target} could not be built ({target}): "
+                            f"{type(cause).__name__}: {_first_line(cause)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def require_set(cfg: DictConfig, group: str) -> None:
@@ -39,8 +220,61 @@ def build_score(cfg: DictConfig, **context) -> ScoreField:
     require_set(cfg, "score")
     node = OmegaConf.to_container(cfg.score, resolve=True)
     node.pop("train", None)
-    return instantiate(node)(**context)
+    score = instantiate(node, key="score")
+    try:
+        return score(**context)
+    except OSError as err:
+        from scoregeo_cli.reporting.results import os_error_sentence
+
+        raise ScoregeoError(os_error_sentence(err, "read")) from None
 
 
 def build_metric(cfg: DictConfig, score: ScoreField) -> Metric:
     return instantiate(cfg.metric)(score=score)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+
+
+def check_memory(cfg: DictConfig, nodes: int, dim: int, methods) -> None:
+    """Refuse, before any pair is drawn, a run whose largest tensors would not fit in memory.
+
+    The estimate: paths of ``nodes`` points (plus extrapolated ones) of dimension ``dim`` in
+    float64 for every method, the scores at them and the solver's work (two more copies),
+    for the pairs held at once (``task.pair_batch`` or all ``n_pairs``), plus the endpoints
+    and their noise for all pairs.
+    """
+    if cfg.get("n_pairs") is None:
+        return
+    pairs = int(cfg.n_pairs)
+    batch = min(pairs, int(cfg.task.get("pair_batch") or pairs))
+    steps = int(cfg.extrapolate.get("steps", 0) or 0) if "extrapolate" in cfg else 0
+    copies = len(methods) + 2
+    per_pair = (int(nodes) + steps) * int(dim) * 8 * copies
+    need = batch * per_pair + pairs * int(dim) * 8 * 3
+    have = available_memory()
+    if need > have:
+        fit = max(0, have // (per_pair + int(dim) * 8 * 3))
+        raise ScoregeoError(
+            f"n_pairs={pairs} needs about {_size(need)} of memory ({batch} pairs x {int(nodes) + steps} points x "
+            f"{int(dim)} dimensions x 8 bytes x {copies} copies for {len(methods)} method(s)), more than the "
+            f"{_size(have)} available; lower n_pairs (at most about {fit} fit) or solver.nodes, or select fewer methods")

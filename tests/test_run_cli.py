@@ -107,6 +107,10 @@ def test_run_folder_names_stay_flat_short_and_unique():
     from scoregeo_cli.app import run_dirname
 
     assert run_dirname("") == "default"
-    assert run_dirname("score.checkpoint=/a/b.pt,seed=1") == "score.checkpoint=_a_b.pt,seed=1"
+    assert run_dirname("metric.lam=10,n_pairs=2") == "metric.lam=10,n_pairs=2"
+    name = run_dirname("score.checkpoint=/a/b.pt,seed=1")
+    assert "/" not in name and name.startswith("score.checkpoint=_a_b.pt,seed=1-")
+    # values whose only difference is where the slashes are get different folders
+    assert run_dirname("score.checkpoint=/x/col/a_b/m.pt") != run_dirname("score.checkpoint=/x/col_a/b/m.pt")
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(run_dirname(long_a)) <= 180 and run_dirname(long_a) != run_dirname(long_b)

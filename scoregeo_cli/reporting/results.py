@@ -2,36 +2,64 @@
 
 A run folder is complete when ``DONE`` exists; it is written last, after
 ``metrics.jsonl`` and ``summary.json``, each of which is written to a temporary file and
-renamed into place, so an interrupted run never leaves a summary that looks complete.
+renamed into place, so an interrupted run never leaves a summary that looks complete. A
+run that starts removes the results and marker an earlier, unfinished attempt left, and
+holds ``.lock`` (an advisory ``flock``) for as long as it writes into its folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import math
 import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
+
+from scoregeo_cli.errors import ScoregeoError
 
 DONE = "DONE"
+LOCK = ".lock"
+RESULT_FILES = ("metrics.jsonl", "summary.json")
+
+
+def os_error_sentence(err: OSError, action: str = "write", path: str | os.PathLike | None = None) -> str:
+    """'cannot <action> <file>: <cause>' for an OSError (the file named by the error if any)."""
+    name = path or getattr(err, "filename", None)
+    cause = err.strerror or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+    if name and err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in [Path(name), *Path(name).parents] if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            cause = f"{blocker} is a file, not a folder"
+    return f"cannot {action} {name}: {cause}" if name else f"cannot {action}: {cause}"
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename."""
+    """Write text to path via a temporary file in the same folder and a rename.
+
+    A failed write (full disk, read-only or missing folder) leaves ``path`` as it was and
+    raises ScoregeoError naming ``path`` and the cause.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            name = err.filename if err.filename not in (None, tmp) else path
+            raise ScoregeoError(os_error_sentence(err, path=name)) from None
         raise
 
 
@@ -48,7 +76,38 @@ def mark_done(run_dir: str | os.PathLike) -> None:
 
 
 def clear_done(run_dir: str | os.PathLike) -> None:
-    (Path(run_dir) / DONE).unlink(missing_ok=True)
+    """Remove DONE and the results of an earlier attempt, so that a run that fails now
+    leaves no summary that looks complete."""
+    for name in (DONE, *RESULT_FILES):
+        try:
+            (Path(run_dir) / name).unlink(missing_ok=True)
+        except OSError as err:
+            raise ScoregeoError(os_error_sentence(err, "remove", Path(run_dir) / name)) from None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<run_dir>/.lock`` (``flock``, released by the kernel if the process dies);
+    refuse in one sentence when another process holds it."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ScoregeoError(os_error_sentence(err, "create", path)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ScoregeoError(f"run folder {run_dir} is in use by another scoregeo process (pid {holder}); "
+                                "wait for it to finish or choose another output_root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def row(pair: int, method: str, metric: str, value: float, **extra) -> dict:

@@ -67,7 +67,8 @@ def load_mlp_score(manifold, checkpoint: str, sigma: float, chunk_size: int | No
         model = NoiseConditionalMLP(**state["architecture"])
         model.load_state_dict(state["model"])
     except Exception as err:  # a truncated or foreign file
-        raise ScoregeoError(f"score.checkpoint '{checkpoint}' is not a scoregeo MLP checkpoint ({err})") from err
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ScoregeoError(f"score.checkpoint '{checkpoint}' is not a scoregeo MLP checkpoint ({cause})") from None
     if model.dim != manifold.ambient_dim:
         raise ScoregeoError(f"score.checkpoint was trained in dimension {model.dim}, "
                             f"but dataset.ambient_dim is {manifold.ambient_dim}")

@@ -131,7 +131,13 @@ def load_checkpoint(checkpoint: str | os.PathLike | None = None):
         raise ScoregeoError(f"{path} predicts {meta['scheduler']['prediction_type']}; only epsilon models are supported")
     model = UNet2DModel.from_config(meta["unet"])
     try:
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+    except Exception as err:  # noqa: BLE001  (SafetensorError: a truncated or foreign file; OSError)
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ScoregeoError(f"cannot read the checkpoint {path}: {cause} (a truncated or foreign "
+                            "file; write it again with `scoregeo train`)") from None
+    try:
+        model.load_state_dict(state)
     except (RuntimeError, OSError) as err:
         raise ScoregeoError(f"{path} does not match its config: {str(err).splitlines()[0]}") from None
     model.eval().requires_grad_(False)
