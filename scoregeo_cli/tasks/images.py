@@ -84,6 +84,7 @@ class ImageTask:
         plan = Plan(solver.nodes, metric, solver, shooter, extrapolate=self.extrapolate and dataset.has_truth)
 
         gen = torch.Generator().manual_seed(int(cfg.seed))
+        from scoregeo_cli.build import check_memory; check_memory(cfg, plan.nodes, score.dim, methods)
         n_pairs = dataset.select(cfg.n_pairs, gen, resolution=getattr(space, "resolution", None))
         n_nodes = plan.nodes
         if ev.fid and n_pairs * (n_nodes - 2) < 2:

@@ -73,6 +73,7 @@ class SyntheticTask:
         plan = Plan(solver.nodes, metric, solver, shooter)
 
         generator = torch.Generator().manual_seed(int(cfg.seed))
+        from scoregeo_cli.build import check_memory; check_memory(cfg, plan.nodes, score.dim, methods)
         a, b = manifold.pairs(int(cfg.n_pairs), generator)
         ends = IdentitySpace().endpoints(a, b)
         results = run_methods(methods, ends, plan, generator)
