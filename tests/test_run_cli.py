@@ -1,4 +1,4 @@
-"""The command line end to end: runs, sweeps, resume, and bad input."""
+"""The command line end to end: runs, sweeps and resume (bad input: tests/test_bad_inputs.py)."""
 
 import json
 import subprocess
@@ -58,36 +58,6 @@ def test_noise_diagnostics_residual_shrinks_like_sigma_squared(compose_cfg, tmp_
     angles = [r["value"] for r in rows if r["metric"] == "angle_deg" and r["method"] == "sigma=0.01"]
     assert max(angles) < 1.0  # at small noise the score points straight back to the sphere
     assert (tmp_path / "noise_diagnostics.png").exists()
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (["metric.lam=-1"], "metric.lam must be >= 0"),
-    (["solver.nodes=2"], "solver.nodes must be at least 3"),
-    (["dataset.intrinsic_dim=3"], "dataset.intrinsic_dim must be below dataset.ambient_dim"),
-    (["score.sigma=0"], "score.sigma must be positive"),
-    (["solver.max_evals=0"], "solver.max_evals must be positive"),
-    (["metric.normalize=l2"], "metric.normalize must be one of"),
-    (["score=mlp", "score.checkpoint=/no/such/file.pt"], "score.checkpoint '/no/such/file.pt' does not exist"),
-    (["score=mlp"], "score.checkpoint is required"),
-    (["dataset.angle_range=[10]"], "dataset.angle_range must be a list of two numbers"),
-    (["dataset.radius=-1"], "dataset.radius must be positive"),
-    (["experiment=ellipse", "dataset.semi_axes=[0,1]"], "dataset.semi_axes must both be positive"),
-    (["extrapolate.method=foo"], "extrapolate.method must be a torchdiffeq method"),
-    (["method=[]"], "no method selected"),
-    (["experiment=circle", "score.exact=false", "score.n_samples=0"], "score.n_samples must be at least 1"),
-])
-def test_bad_input_is_one_sentence_before_any_work(overrides, message, tmp_path):
-    out = scoregeo("run", f"output_root={tmp_path}", *overrides, cwd=tmp_path)
-    assert out.returncode == 2
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
-    assert not list(tmp_path.glob("**/summary.json"))
-
-
-def test_unknown_option_is_rejected(tmp_path):
-    out = scoregeo("run", f"output_root={tmp_path}", "solver=newton", cwd=tmp_path)
-    assert out.returncode != 0
-    assert "solver/newton" in out.stderr and "Available options" in out.stderr
 
 
 def test_codimension_above_one_runs(compose_cfg, tmp_path):
