@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,55 @@ def test_run_folder_names_stay_flat_short_and_unique():
     assert run_dirname("score.checkpoint=/x/col/a_b/m.pt") != run_dirname("score.checkpoint=/x/col_a/b/m.pt")
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(run_dirname(long_a)) <= 180 and run_dirname(long_a) != run_dirname(long_b)
+
+
+def _cli(argv, monkeypatch, capsys):
+    from hydra.core.global_hydra import GlobalHydra
+
+    from scoregeo_cli.cli import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def test_paths_that_differ_only_in_slashes_get_their_own_runs(tmp_path, monkeypatch, capsys):
+    """score.checkpoint=/x/col/a_b/m.pt and /x/col_a/b/m.pt once shared a folder, and the
+    second was skipped as finished with the first checkpoint's numbers."""
+    import shutil
+
+    import yaml
+
+    checkpoints = []
+    for seed, where in ((0, "col/a_b"), (1, "col_a/b")):
+        _cli(["train", "experiment=sphere", "score=mlp", "score.train.steps=2", f"seed={seed}",
+              f"output_root={tmp_path}/train"], monkeypatch, capsys)
+        target = tmp_path / "x" / where / "m.pt"
+        target.parent.mkdir(parents=True)
+        shutil.copy(tmp_path / f"train/train/sphere/mlp/seed-{seed}/mlp.pt", target)
+        checkpoints.append(target)
+    runs = []
+    for checkpoint in checkpoints:
+        argv = ["run", "score=mlp", f"score.checkpoint={checkpoint}", "method=[lerp]", "n_pairs=2",
+                "eval.figure=false", f"output_root={tmp_path}/out"]
+        out = _cli(argv, monkeypatch, capsys)
+        assert "skipping finished run" not in out
+        runs.append(Path(out.split(" -> ")[1].splitlines()[0]))
+    assert runs[0] != runs[1] and runs[0].parent.parent == runs[1].parent.parent
+    for run, checkpoint in zip(runs, checkpoints):
+        assert (run / "DONE").exists()
+        assert f"score.checkpoint={checkpoint}" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    energy = [json.loads((r / "summary.json").read_text())["lerp"]["energy"]["mean"] for r in runs]
+    assert energy[0] != energy[1]  # each run scored with its own checkpoint
+    # the same request again is skipped: its recorded overrides equal the requested ones
+    again = _cli(["run", "score=mlp", f"score.checkpoint={checkpoints[1]}", "method=[lerp]", "n_pairs=2",
+                  "eval.figure=false", f"output_root={tmp_path}/out"], monkeypatch, capsys)
+    assert f"skipping finished run {runs[1]}" in again
