@@ -10,6 +10,7 @@ exit code 2, nothing marked DONE.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -188,14 +189,19 @@ def run_experiment(cfg: DictConfig) -> dict | None:
                 print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
                 return None
             results.clear_done(run_dir)
-            record_config(run_dir, cfg)
-            task = instantiate(cfg.task)
-            OmegaConf.resolve(cfg)
-            results.atomic_write_text(run_dir / "command.sh", _replay_command("run"))
-            start = time.perf_counter()
-            rows = task.run(cfg, run_dir)
-            summary = results.write_results(run_dir, rows)
-            results.mark_done(run_dir)
+            try:
+                record_config(run_dir, cfg)
+                task = instantiate(cfg.task)
+                OmegaConf.resolve(cfg)
+                results.atomic_write_text(run_dir / "command.sh", _replay_command("run"))
+                start = time.perf_counter()
+                rows = task.run(cfg, run_dir)
+                summary = results.write_results(run_dir, rows)
+                results.mark_done(run_dir)
+            except BaseException:  # a failed run leaves no results that could pass for complete
+                with contextlib.suppress(Exception):
+                    results.clear_done(run_dir)
+                raise
     except (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError) as err:
         _fail(err)
     print(f"\n{cfg.experiment_name}: {len(rows)} metric rows in {time.perf_counter() - start:.1f} s -> {run_dir}")

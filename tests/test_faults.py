@@ -1,0 +1,252 @@
+"""Faults: nothing finished is lost, nothing unfinished looks finished.
+
+* kill -9 (of the whole process group) at random moments of a sweep, then the same sweep
+  again: exactly its runs end DONE, each summary equal to an uninterrupted sweep's, and no
+  run that was DONE is computed again;
+* two processes on one run folder: the second refuses in one sentence (the folder's lock),
+  the first finishes as if alone;
+* a write that fails: no DONE, no summary, no temporary file left, and the earlier results
+  of a run being recomputed are gone rather than left looking complete;
+* the same seed twice gives the same summary.json.
+
+Summaries are compared byte for byte except the wall-clock entries (metrics named
+``*seconds``), the only values that may differ between two runs of the same configuration.
+The random moments come from SCOREGEO_FAULT_SEED (default: the clock), shown on failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from scoregeo_cli.reporting import results
+
+SEED = int(os.environ.get("SCOREGEO_FAULT_SEED", time.time_ns() % 100_000))
+SWEEP = ["run", "-m", "experiment=sphere", "seed=0,1,2", "metric.lam=10,1000", "n_pairs=2", "eval.figure=false"]
+SMALL_SWEEP = ["run", "-m", "experiment=sphere", "seed=0,1", "metric.lam=1000", "n_pairs=2", "eval.figure=false"]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def comparable(summary: Path) -> str:
+    """summary.json without its wall-clock entries, as canonical text."""
+    data = json.loads(summary.read_text())
+    kept = {m: {k: v for k, v in metrics.items() if not k.endswith("seconds")} for m, metrics in data.items()}
+    return json.dumps(kept, indent=2, sort_keys=True)
+
+
+def finished(root: Path) -> dict[str, Path]:
+    """{run folder relative to root: folder} of runs with DONE."""
+    return {str(p.parent.relative_to(root)): p.parent for p in root.rglob(results.DONE)}
+
+
+def stamps(runs: dict[str, Path]) -> dict[str, tuple[int, int, int]]:
+    return {k: ((r / results.DONE).stat().st_mtime_ns, (r / "summary.json").stat().st_mtime_ns,
+                (r / "summary.json").stat().st_ino) for k, r in runs.items()}
+
+
+def cli(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """``scoregeo <argv>`` in this process: (exit code, stdout, stderr)."""
+    from scoregeo_cli.cli import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        GlobalHydra.instance().clear()
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def start(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    """``scoregeo <argv>`` as its own process group (kill -9 reaches launcher workers too)."""
+    return subprocess.Popen([sys.executable, "-m", "scoregeo_cli.cli", *argv], cwd=cwd, start_new_session=True,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def kill9(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=60)
+
+
+def wait_for(condition, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return condition()
+        time.sleep(0.02)
+    return False
+
+
+def check_resumed(root: Path, reference: Path, before: dict, out: str, note: str) -> None:
+    """After the sweep ran to its end: exactly the reference's runs are DONE, equal to them,
+    and the runs DONE before were skipped, not computed again."""
+    done, ref = finished(root), finished(reference)
+    assert sorted(done) == sorted(ref), note
+    for name in ref:
+        assert comparable(done[name] / "summary.json") == comparable(ref[name] / "summary.json"), (note, name)
+    after = stamps({k: done[k] for k in before})
+    assert after == before, note
+    if out is not None:
+        assert out.count("skipping finished run") == len(before), (note, out)
+
+
+# ------------------------------------------------------------------------- kill and resume
+
+def test_kill_during_a_sweep_then_resume(tmp_path, monkeypatch, capsys):
+    """Small form: kill -9 at a random moment after the first run of a two-run sweep ended."""
+    rng = random.Random(SEED)
+    note = f"SCOREGEO_FAULT_SEED={SEED}"
+    root, reference = tmp_path / "out", tmp_path / "reference"
+    code, _, err = cli([*SMALL_SWEEP, f"output_root={reference}"], monkeypatch, capsys)
+    assert code == 0 and len(finished(reference)) == 2, err
+
+    proc = start([*SMALL_SWEEP, f"output_root={root}"], tmp_path, tmp_path / "killed.log")
+    assert wait_for(lambda: finished(root), proc=proc), (tmp_path / "killed.log").read_text()
+    time.sleep(rng.uniform(0.0, 0.8))
+    kill9(proc)
+    before = stamps(finished(root))
+    for name, run in finished(root).items():  # whatever is DONE is complete and right
+        assert comparable(run / "summary.json") == comparable(finished(reference)[name] / "summary.json"), note
+
+    code, out, err = cli([*SMALL_SWEEP, f"output_root={root}"], monkeypatch, capsys)
+    assert code == 0, err
+    check_resumed(root, reference, before, out, note)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_kill_repeatedly_during_a_six_run_sweep(launcher, tmp_path):
+    """kill -9 at uniformly random moments of the six-run sweep, up to three times, then let
+    it finish; each time check what is DONE."""
+    rng = random.Random(SEED + (launcher == "joblib"))
+    note = f"SCOREGEO_FAULT_SEED={SEED} launcher={launcher}"
+    extra = ["hydra/launcher=joblib"] if launcher == "joblib" else []
+    root, reference = tmp_path / "out", tmp_path / "reference"
+    began = time.monotonic()
+    ref = start([*SWEEP, *extra, f"output_root={reference}"], tmp_path, tmp_path / "reference.log")
+    assert ref.wait(timeout=600) == 0, (tmp_path / "reference.log").read_text()
+    duration = time.monotonic() - began
+    assert len(finished(reference)) == 6
+
+    before: dict = {}
+    for attempt in range(3):
+        proc = start([*SWEEP, *extra, f"output_root={root}"], tmp_path, tmp_path / f"killed{attempt}.log")
+        time.sleep(rng.uniform(0.0, duration))
+        kill9(proc)
+        done = finished(root)
+        assert stamps({k: done[k] for k in before}) == before, note  # DONE stays DONE, untouched
+        for name, run in done.items():
+            assert comparable(run / "summary.json") == comparable(finished(reference)[name] / "summary.json"), note
+        before = stamps(done)
+        if len(done) == 6:
+            break
+    log = tmp_path / "final.log"
+    final = start([*SWEEP, *extra, f"output_root={root}"], tmp_path, log)
+    assert final.wait(timeout=600) == 0, log.read_text()
+    check_resumed(root, reference, before, log.read_text() if launcher == "basic" else None, note)
+
+
+# ----------------------------------------------------------------- two processes, one folder
+
+def test_second_process_on_a_run_folder_refuses(tmp_path, monkeypatch, capsys):
+    args = ["run", "experiment=sphere", "n_pairs=16", "eval.figure=false"]
+    root = tmp_path / "out"
+    first = start([*args, f"output_root={root}"], tmp_path, tmp_path / "first.log")
+    lock = lambda: next(root.rglob(results.LOCK), None)  # noqa: E731
+    held = wait_for(lambda: lock() is not None and lock().read_text().strip() == str(first.pid), proc=first)
+    assert held, (tmp_path / "first.log").read_text()
+    code, _, err = cli([*args, f"output_root={root}"], monkeypatch, capsys)
+    still_running = first.poll() is None
+    assert first.wait(timeout=300) == 0, (tmp_path / "first.log").read_text()
+    assert still_running, "the first process ended before the second one tried; make its run longer"
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"is in use by another scoregeo process (pid {first.pid})" in lines[0]
+    # the first run is as if it had been alone
+    code, _, err = cli([*args, f"output_root={tmp_path}/alone"], monkeypatch, capsys)
+    assert code == 0, err
+    (run,), (alone,) = finished(root).values(), finished(tmp_path / "alone").values()
+    assert comparable(run / "summary.json") == comparable(alone / "summary.json")
+    assert (run / "metrics.jsonl").read_text().count("\n") == (alone / "metrics.jsonl").read_text().count("\n")
+
+
+# ------------------------------------------------------------------------- failed writes
+
+@pytest.mark.parametrize("fails", ["metrics.jsonl", "summary.json", "DONE"])
+def test_failed_write_leaves_nothing_that_looks_complete(fails, tmp_path, monkeypatch, capsys):
+    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", f"output_root={tmp_path}/out"]
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    (run,) = finished(tmp_path / "out").values()
+    first = comparable(run / "summary.json")
+
+    real = os.fsync
+
+    def fsync(fd):  # the disk fills up while `fails` is written
+        if os.readlink(f"/proc/self/fd/{fd}").rsplit("/", 1)[-1].startswith(f".{fails}."):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(results.os, "fsync", fsync)
+    code, out, err = cli([*args, "rerun=true"], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"{fails}: No space left on device" in lines[0], err
+    assert "Traceback" not in err
+    for name in (results.DONE, "summary.json", "metrics.jsonl"):  # the earlier run's and this one's
+        assert not (run / name).exists(), name
+    assert not list(run.glob(".*.tmp"))
+
+    monkeypatch.setattr(results.os, "fsync", real)
+    code, out, err = cli(args, monkeypatch, capsys)  # the same run again, without the fault
+    assert code == 0 and "skipping" not in out, err
+    assert (run / results.DONE).exists() and comparable(run / "summary.json") == first
+
+
+# ---------------------------------------------------------------------------- same seed twice
+
+def test_same_seed_twice_same_summary_synthetic(tmp_path, monkeypatch, capsys):
+    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", "seed=3"]
+    summaries = []
+    for k in range(2):
+        code, _, err = cli([*args, f"output_root={tmp_path}/{k}"], monkeypatch, capsys)
+        assert code == 0, err
+        (run,) = finished(tmp_path / str(k)).values()
+        summaries.append(run / "summary.json")
+    assert comparable(summaries[0]) == comparable(summaries[1])
+    # and the metric rows are byte-identical once their wall-clock values are set aside
+    rows = [[r for r in (s.parent / "metrics.jsonl").read_text().splitlines() if '"seconds"' not in r]
+            for s in summaries]
+    assert rows[0] == rows[1] and rows[0]
+
+
+@pytest.mark.slow
+def test_same_seed_twice_same_summary_rotated_digits(tmp_path, monkeypatch, capsys):
+    args = ["run", "experiment=rotated_mnist", "n_pairs=2", "solver.nodes=5", "eval.fid=false",
+            "space.ddim_steps=2"]
+    summaries = []
+    for k in range(2):
+        code, _, err = cli([*args, f"output_root={tmp_path}/{k}"], monkeypatch, capsys)
+        assert code == 0, err
+        (run,) = finished(tmp_path / str(k)).values()
+        summaries.append(run / "summary.json")
+    assert comparable(summaries[0]) == comparable(summaries[1])
