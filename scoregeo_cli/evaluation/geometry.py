@@ -1,23 +1,66 @@
 """Geometry of paths on synthetic manifolds against their ground truth.
 
-Per pair and method: ``geodesic_error_max``/``_mean`` (distance of the nodes to the true
-geodesic, a dense polyline), ``manifold_distance_max``, ``length_ratio`` (Euclidean polyline
-length over the true geodesic's), ``energy`` (under the run's metric), ``score_evals`` and
-``seconds``; for continuations past b ``extrapolation_error_max`` (distance to the true
-continuation).
+Per pair and method: ``geodesic_error_max``/``_mean`` (distance of the nodes to the manifold's
+own geodesic, e.g. the great circle, a dense polyline), ``manifold_distance_max``,
+``length_ratio`` (Euclidean polyline length over the manifold geodesic's), ``energy`` (under
+the run's metric), ``g_length`` (continuous g-length of the curve through the nodes, where the
+metric has ``length``), ``score_evals`` and ``seconds``; for continuations past b
+``extrapolation_error_max`` (distance to the manifold geodesic's continuation, any speed).
+
+Against the metric's own geodesic (``geometry.truth``: spheres and uniform circles under the
+Stein metric, solved independently with SciPy) where it exists:
+``metric_geodesic_error_max``/``_mean`` (distance of the nodes to it),
+``metric_geodesic_pointwise_max`` (node j against its point at t = j/N: the geodesic has
+constant speed in t, so this also sees uneven spacing), ``g_length_ratio`` (g-length over the
+geodesic's), and for continuations ``extrapolation_pointwise_max``/``_mean`` (the point at
+parameter 1 + tau against the geodesic's point at 1 + tau: sees speed errors) and
+``end_velocity_error`` (|end tangent - geodesic velocity at b| / |geodesic velocity at b|, the
+velocity the shot starts from). Distances to the metric's geodesic are measured in coordinates
+that the symmetries fixing a and b do not change (position in the plane of the centre, a and b;
+distance to that plane within the sphere's subspace; distance to the subspace): with
+codimension > 1 the shortest geodesics leave the subspace in any of the equivalent directions.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from scoregeo_cli.data.synthetic import polyline_distance
+from scoregeo_cli.geometry.shooting import end_tangent
+from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.reporting.results import row
 
 
 def segment_length(path: torch.Tensor) -> torch.Tensor:
     """Euclidean length of polylines (P, M, D) -> (P,)."""
     return (path[:, 1:] - path[:, :-1]).norm(dim=-1).sum(-1)
+
+
+def _metric_truths(manifold, metric, a, b):
+    truths = []
+    for p in range(a.shape[0]):
+        try:
+            truths.append(manifold_metric_geodesic(manifold, metric, a[p], b[p]))
+        except RuntimeError:  # the boundary-value solver found nothing: rows are NaN
+            truths.append(False)
+    return truths
+
+
+def truth_rows(truth, name: str, p: int, path: torch.Tensor, points: int) -> list[dict]:
+    """Rows of one pair's path against the metric's own geodesic ``truth``."""
+    if truth is False:
+        nan = float("nan")
+        return [row(p, name, k, nan) for k in ("metric_geodesic_error_max", "metric_geodesic_error_mean",
+                                               "metric_geodesic_pointwise_max")]
+    x = path.detach().double().cpu().numpy()
+    inv = torch.from_numpy(truth.invariant(x))
+    dense = torch.from_numpy(truth.invariant(truth.at(np.linspace(0, 1, points))))
+    err = polyline_distance(inv, dense)
+    at_nodes = torch.from_numpy(truth.invariant(truth.at(np.linspace(0, 1, x.shape[0]))))
+    return [row(p, name, "metric_geodesic_error_max", err.max()),
+            row(p, name, "metric_geodesic_error_mean", err.mean()),
+            row(p, name, "metric_geodesic_pointwise_max", (inv - at_nodes).norm(dim=-1).max())]
 
 
 @torch.no_grad()
@@ -27,12 +70,15 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
     n_pairs = a.shape[0]
     truths = [manifold.geodesic(a[p], b[p], points) for p in range(n_pairs)]
     lengths = torch.tensor([manifold.geodesic_length(a[p], b[p]) for p in range(n_pairs)], dtype=a.dtype)
+    metric_truths = _metric_truths(manifold, metric, a, b)
+    has_length = hasattr(metric, "length")
     rows: list[dict] = []
     for name, result in results.items():
         path = result.path
         energy = result.energy if result.energy is not None else metric.energy(path)
         ratio = segment_length(path) / lengths
         off = manifold.distance(path).amax(dim=-1)
+        g_length = metric.length(path) if has_length else None
         for p in range(n_pairs):
             err = polyline_distance(path[p], truths[p])
             rows += [row(p, name, "geodesic_error_max", err.max()),
@@ -42,13 +88,36 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
                      row(p, name, "energy", energy[p]),
                      row(p, name, "score_evals", result.score_evals),
                      row(p, name, "seconds", result.seconds)]
+            if g_length is not None:
+                rows.append(row(p, name, "g_length", g_length[p]))
+            if metric_truths[p] is not None:
+                rows += truth_rows(metric_truths[p], name, p, path[p], points)
+                if g_length is not None and metric_truths[p] is not False:
+                    rows.append(row(p, name, "g_length_ratio", g_length[p] / metric_truths[p].length))
     for name, result in results.items():
         if result.extrapolation is None:
             continue
+        ext = result.extrapolation
+        taus = 1 + np.linspace(0, duration, ext.shape[1])
         for p in range(n_pairs):
             truth = manifold.continuation(a[p], b[p], 2 * duration, points)
             rows.append(row(p, name, "extrapolation_error_max",
-                            polyline_distance(result.extrapolation[p], truth).max()))
+                            polyline_distance(ext[p], truth).max()))
+            geo = metric_truths[p]
+            if geo is None:
+                continue
+            if geo is False:
+                pointwise, velocity = torch.full((ext.shape[1],), float("nan")), float("nan")
+            else:
+                inv = torch.from_numpy(geo.invariant(ext[p].double().cpu().numpy()))
+                pointwise = (inv - torch.from_numpy(geo.invariant(geo.at(taus)))).norm(dim=-1)
+                v_true = torch.from_numpy(geo.invariant(geo.velocity([1.0]), vectors=True)[0])
+                v_path = torch.from_numpy(geo.invariant(
+                    end_tangent(result.path[p:p + 1].double().cpu()).numpy(), vectors=True)[0])
+                velocity = (v_path - v_true).norm() / v_true.norm()
+            rows += [row(p, name, "extrapolation_pointwise_max", pointwise.max()),
+                     row(p, name, "extrapolation_pointwise_mean", pointwise.mean()),
+                     row(p, name, "end_velocity_error", velocity)]
         if result.ext_score_evals:
             rows += [row(p, name, "extrapolation_score_evals", result.ext_score_evals) for p in range(n_pairs)]
     return rows

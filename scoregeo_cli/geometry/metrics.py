@@ -266,11 +266,11 @@ class SteinMetric(Metric):
             (grad,) = torch.autograd.grad(energy.sum(), x)
         return energy.detach(), grad[:, 1:-1]
 
-    def length(self, path: torch.Tensor, points: int | None = None) -> torch.Tensor:
+    def length(self, path: torch.Tensor, points: int | None = None, per_segment: bool = False) -> torch.Tensor:
         """Continuous g-length (P,) of the curves through the nodes (P, N+1, D) (the
         metric's interpolation): int_0^1 sqrt(g(y, y')(y', y')) dt by composite 4-point
         Gauss-Legendre with ``points`` (default ``length_points``) per segment; one batched
-        score evaluation of P * N * points points."""
+        score evaluation of P * N * points points. ``per_segment``: (P, N), each segment's."""
         model = curve_model(path.shape[1], self.interpolation, self.quadrature,
                             int(points or self.length_points))
         phi, dphi, w = model.tensors(path)
@@ -278,6 +278,8 @@ class SteinMetric(Metric):
             y, yd = torch.einsum("kj,pjd->pkd", phi, path), torch.einsum("kj,pjd->pkd", dphi, path)
             u = self.direction(y)
             speed = ((yd * yd).sum(-1) + self.lam * (u * yd).sum(-1) ** 2).sqrt()
+        if per_segment:
+            return (w * speed).reshape(path.shape[0], path.shape[1] - 1, -1).sum(-1)
         return (w * speed).sum(-1)
 
     def acceleration(self, x: torch.Tensor, xdot: torch.Tensor) -> torch.Tensor:
