@@ -66,6 +66,45 @@ if not OmegaConf.has_resolver("dirname"):
     OmegaConf.register_new_resolver("dirname", run_dirname)
 
 
+_VALIDATED: dict = {}  # (master config id, job overrides) -> the job's config the sweeper composed
+_KEEP_VALIDATED = 64    # at most this many (about 0.3 MB each)
+
+
+def _compose_each_job_once() -> None:
+    """Hydra's sweeper composes every job of a batch to check it (``validate_batch_is_legal``)
+    and an in-process launcher (basic) then composes it again; here the launcher gets the
+    config the check composed (the first _KEEP_VALIDATED of a batch). Launchers that compose
+    in other processes (joblib) compose there as before."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.plugins.sweeper import Sweeper
+    except ImportError:  # another Hydra: keep its own behaviour
+        return
+    if getattr(ConfigLoaderImpl.load_sweep_config, "reuses_validated", False):
+        return
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def validate_batch_is_legal(self, batch) -> None:
+        _VALIDATED.clear()
+        loader = getattr(self, "hydra_context", None)
+        loader = loader.config_loader if loader is not None else self.config_loader
+        for overrides in batch:
+            config = compose(loader, self.config, list(overrides))
+            if len(_VALIDATED) < _KEEP_VALIDATED:
+                _VALIDATED[id(self.config), tuple(overrides)] = config
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        config = _VALIDATED.pop((id(master_config), tuple(sweep_overrides)), None)
+        return config if config is not None else compose(self, master_config, sweep_overrides)
+
+    load_sweep_config.reuses_validated = True
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal
+    ConfigLoaderImpl.load_sweep_config = load_sweep_config
+
+
+_compose_each_job_once()
+
+
 def one_sentence(text: str) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line: lists of options become
     comma-separated, the ``full_key``/``object_type`` trailers and hints go."""

@@ -137,3 +137,22 @@ def test_paths_that_differ_only_in_slashes_get_their_own_runs(tmp_path, monkeypa
     again = _cli(["run", "score=mlp", f"score.checkpoint={checkpoints[1]}", "method=[lerp]", "n_pairs=2",
                   "eval.figure=false", f"output_root={tmp_path}/out"], monkeypatch, capsys)
     assert f"skipping finished run {runs[1]}" in again
+
+
+def test_a_sweep_composes_each_job_once(tmp_path, monkeypatch, capsys):
+    """Hydra's sweeper composes every job to check it; the launcher reuses that config."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    composed = []
+    original = ConfigLoaderImpl.load_configuration
+
+    def load_configuration(self, config_name, overrides, *args, **kwargs):
+        composed.append(tuple(sorted(o for o in overrides if o.startswith(("seed=", "metric.lam=")))))
+        return original(self, config_name, overrides, *args, **kwargs)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", load_configuration)
+    _cli(["run", "-m", "experiment=sphere", "seed=0,1", "metric.lam=1000", "n_pairs=2", "eval.figure=false",
+          f"output_root={tmp_path}"], monkeypatch, capsys)
+    jobs = [c for c in composed if any(o.startswith("seed=") and "," not in o for o in c)]
+    assert sorted(jobs) == [("metric.lam=1000", "seed=0"), ("metric.lam=1000", "seed=1")]
+    assert len(list(tmp_path.rglob("DONE"))) == 2
