@@ -1,9 +1,15 @@
 """`scoregeo bench`: geodesic solvers side by side on problems with a known answer.
 
-For each problem and solver: batched score evaluations, wall time, the share of wall time
-spent outside the score network's forward passes, final curve energy, ground-truth error,
-and the ratios to ``adam_reference`` measured in the same run. Printed as a table and
-written as JSON.
+Every solver minimises the same energy: the run's default metric (conf/metric/stein.yaml,
+with ``--normalize``). For each problem and solver: batched score evaluations (forward
+passes) and vector-Jacobian products through the score, forward-equivalents (``fwd_eq``:
+points scored forward plus points differentiated backward times the measured cost of a VJP
+relative to a forward, in units of one batched forward at the metric's quadrature points of
+all paths), wall time, the share of wall time spent outside the score's forward passes,
+final curve energy, the true gradient norm relative to the start (``grad_rel``), the
+continuous g-length, ground-truth error (the great circle / the true rotation), on the
+sphere the distance to the metric's own geodesic (``geometry.truth``), and the ratios to
+``adam_reference`` measured in the same run. Printed as a table and written as JSON.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from scoregeo_cli.app import CONF_DIR
 from scoregeo_cli.methods.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
-from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.evaluation.geometry import truth_rows
+from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.reporting.results import atomic_write_json
 
-SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point")
+SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton")
 
 
 def solver_from_config(name: str, nodes: int):
@@ -35,14 +42,49 @@ def solver_from_config(name: str, nodes: int):
     return instantiate(cfg.solver)
 
 
+def metric_from_config(score, normalize: str = "none"):
+    """The default metric of `scoregeo run` (conf/metric) on ``score``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("config", overrides=[f"metric.normalize={normalize}"])
+    GlobalHydra.instance().clear()
+    return instantiate(cfg.metric)(score=score)
+
+
+def vjp_cost(metric, path: torch.Tensor, repeats: int = 3) -> float:
+    """Measured cost of one vector-Jacobian product through the score relative to one
+    forward pass, on the batch of quadrature points of ``path`` (best of ``repeats``)."""
+    import numpy as np
+
+    phi = torch.as_tensor(metric.curve(path.shape[1]).phi, dtype=path.dtype, device=path.device)
+    points = torch.einsum("kj,pjd->pkd", phi, path).detach()
+    forward, both = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            metric.direction(points)
+        forward.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        x = points.clone().requires_grad_(True)
+        u = metric.direction(x)
+        torch.autograd.grad(u, x, grad_outputs=torch.ones_like(u))
+        both.append(time.perf_counter() - start)
+    return max(float(np.min(both) - np.min(forward)) / float(np.min(forward)), 0.0)
+
+
 def sphere_problem(pairs: int, seed: int, normalize: str = "none"):
     """S^2 in R^10, sigma 0.15, lambda 1000, 16 nodes (the issue's reference problem)."""
     sphere = Sphere(2, 10, 1.0, centre_offset=0.5, angle_range=(60, 150), seed=seed)
     a, b = sphere.pairs(pairs, torch.Generator().manual_seed(seed))
-    metric = SteinMetric(sphere.exact_score(0.15), 1000.0, normalize=normalize)
+    metric = metric_from_config(sphere.exact_score(0.15), normalize)
+    truths = [manifold_metric_geodesic(sphere, metric, a[p], b[p]) for p in range(pairs)]
 
-    def error(path: torch.Tensor) -> float:
-        return max(float(polyline_distance(path[p], sphere.geodesic(a[p], b[p])).max()) for p in range(pairs))
+    def error(path: torch.Tensor) -> dict:
+        rows = [truth_rows(truths[p], "", p, path[p], 2049) for p in range(pairs)]
+        return {"error_max": max(float(polyline_distance(path[p], sphere.geodesic(a[p], b[p])).max())
+                                 for p in range(pairs)),
+                "metric_error_max": max(r[0]["value"] for r in rows),
+                "truth_length": sum(t.length for t in truths) / pairs}
 
     return metric, a, b, error
 
@@ -66,10 +108,10 @@ def mnist_problem(pairs: int, seed: int, normalize: str = "none"):
     truth = 2 * RotatedDigits.frames(digits, angles).double().flatten(2) - 1  # (P, 257, 784) in [-1, 1]
     eps = torch.randn(pairs, 1, 784, generator=generator, dtype=torch.float64)
     truth = noise_to(truth, eps, score.t, score.alphas_cumprod)
-    metric = SteinMetric(score, 1000.0, normalize=normalize)
+    metric = metric_from_config(score, normalize)
 
-    def error(path: torch.Tensor) -> float:
-        return max(float(polyline_distance(path[p], truth[p]).max()) for p in range(pairs))
+    def error(path: torch.Tensor) -> dict:
+        return {"error_max": max(float(polyline_distance(path[p], truth[p]).max()) for p in range(pairs))}
 
     return metric, truth[:, 0].contiguous(), truth[:, -1].contiguous(), error
 
@@ -84,11 +126,16 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
     for key in problems:
         problem, make = PROBLEMS[key]
         metric, a, b, error = make(pairs, seed, normalize)
-        problem = f"{problem}, normalize={normalize}"
-        records.append({"problem": problem, "solver": "lerp (no solve)", "score_evals": 0, "seconds": 0.0,
+        problem = (f"{problem}, normalize={normalize}, {metric.interpolation} {metric.quadrature}, "
+                   f"{nodes} nodes")
+        line = lerp(a, b, nodes)
+        cost = vjp_cost(metric, line)
+        unit = a.shape[0] * metric.curve(nodes).phi.shape[0]  # points of one batched forward
+        records.append({"problem": problem, "solver": "lerp (no solve)", "score_evals": 0, "vjp_evals": 0,
+                        "fwd_eq": 0.0, "vjp_cost": cost, "seconds": 0.0,
                         "outside_network": float("nan"), "pairs": a.shape[0], "converged": a.shape[0],
-                        "energy": float(metric.energy(lerp(a, b, nodes)).mean()),
-                        "error_max": error(lerp(a, b, nodes))})
+                        "energy": float(metric.energy(line).mean()), "grad_rel": 1.0,
+                        "g_length": float(metric.length(line).mean()), **error(line)})
         for name in solvers:
             solver = solver_from_config(name, nodes)
             metric.score.reset_counters()
@@ -97,8 +144,12 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
             wall = time.perf_counter() - start
             records.append({
                 "problem": problem, "solver": name, "score_evals": result.score_evals,
+                "vjp_evals": result.vjp_evals, "vjp_cost": cost,
+                "fwd_eq": (result.score_points + cost * result.vjp_points) / unit,
                 "seconds": wall, "outside_network": 1 - metric.score.seconds / wall,
-                "energy": float(result.energy.mean()), "error_max": error(result.path),
+                "energy": float(result.energy.mean()),
+                "grad_rel": float((result.grad_norm / result.grad_norm0).max()),
+                "g_length": float(metric.length(result.path).mean()), **error(result.path),
                 "converged": int(result.converged.sum()), "pairs": a.shape[0],
             })
             print(f"{problem}: {name} done in {wall:.1f} s", flush=True)
@@ -107,21 +158,28 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
         for r in records:
             if r["problem"] == problem and ref is not None and r["score_evals"]:
                 r["evals_vs_reference"] = r["score_evals"] / ref["score_evals"]
+                r["fwd_eq_vs_reference"] = r["fwd_eq"] / ref["fwd_eq"]
                 r["time_vs_reference"] = r["seconds"] / ref["seconds"]
     return records
 
 
 def format_records(records: list[dict]) -> str:
-    head = (f"{'solver':<15} {'evals':>6} {'x ref':>7} {'seconds':>8} {'x ref':>7} {'s/pair':>7} "
-            f"{'outside':>8} {'energy':>10} {'error_max':>10}")
+    nan = float("nan")
+    head = (f"{'solver':<15} {'evals':>6} {'vjps':>5} {'fwd_eq':>8} {'x ref':>7} {'seconds':>8} {'x ref':>7} "
+            f"{'outside':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} {'error_max':>10} "
+            f"{'metric_err':>10}")
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in records):
-        lines += [f"\n{problem}", head, "-" * len(head)]
+        first = next(r for r in records if r["problem"] == problem)
+        truth = f"; metric geodesic g-length {first['truth_length']:.5g}" if "truth_length" in first else ""
+        lines += [f"\n{problem} (VJP = {first['vjp_cost']:.2f} forward{truth})", head, "-" * len(head)]
         for r in (r for r in records if r["problem"] == problem):
-            lines.append(f"{r['solver']:<15} {r['score_evals']:>6d} {r.get('evals_vs_reference', float('nan')):>7.3f} "
-                         f"{r['seconds']:>8.3f} {r.get('time_vs_reference', float('nan')):>7.3f} "
-                         f"{r['seconds'] / r['pairs']:>7.3f} {100 * r['outside_network']:>7.1f}% "
-                         f"{r['energy']:>10.4g} {r['error_max']:>10.3g}")
+            lines.append(f"{r['solver']:<15} {r['score_evals']:>6d} {r['vjp_evals']:>5d} {r['fwd_eq']:>8.1f} "
+                         f"{r.get('fwd_eq_vs_reference', nan):>7.3f} "
+                         f"{r['seconds']:>8.3f} {r.get('time_vs_reference', nan):>7.3f} "
+                         f"{100 * r['outside_network']:>7.1f}% "
+                         f"{r['energy']:>10.5g} {r['grad_rel']:>9.1e} {r['converged']:>2d}/{r['pairs']:<2d} "
+                         f"{r['g_length']:>9.5g} {r['error_max']:>10.3g} {r.get('metric_error_max', nan):>10.3g}")
     return "\n".join(lines)
 
 
