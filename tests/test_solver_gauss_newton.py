@@ -30,8 +30,8 @@ def residuals(metric, path, frozen_u=None):
     return torch.cat([(w.sqrt()[:, None] * yd).reshape(-1), (metric.lam * w).sqrt() * (u * yd).sum(-1)])
 
 
-def dense_gauss_newton(metric, path, frozen_u=None):
-    """-(J^T J)^{-1} J^T R over the interior nodes with a dense Jacobian from autograd."""
+def dense_gauss_newton(metric, path, frozen_u=None, damping=0.0):
+    """-(J^T J + mu I)^{-1} J^T R over the interior nodes with a dense Jacobian from autograd."""
     d = path.shape[1]
 
     def res(interior):
@@ -42,7 +42,8 @@ def dense_gauss_newton(metric, path, frozen_u=None):
     jac = torch.autograd.functional.jacobian(res, x)
     r = res(x)
     grad = jac.T @ r
-    return -torch.linalg.solve(jac.T @ jac, grad).reshape(-1, d), grad.reshape(-1, d)
+    normal = jac.T @ jac + damping * torch.eye(jac.shape[1], dtype=jac.dtype)
+    return -torch.linalg.solve(normal, grad).reshape(-1, d), grad.reshape(-1, d)
 
 
 @pytest.mark.parametrize("interpolation, quadrature, normalize", [
@@ -59,10 +60,15 @@ def test_gauss_newton_step_is_the_dense_step_on_the_linearised_residuals(interpo
     r, u, jt = ev.linearize()
     step, grad = gauss_newton_step(ev.model, metric.lam, path, r, u, jt)
     frozen_step, _ = gauss_newton_step(ev.model, metric.lam, path, r, u, None)
+    mu = torch.tensor([0.3, 2.0], dtype=torch.float64)
+    damped, _ = gauss_newton_step(ev.model, metric.lam, path, r, u, jt, mu)
     for p in range(2):
         expected, expected_grad = dense_gauss_newton(metric, path[p])
         assert torch.allclose(step[p], expected, rtol=1e-8, atol=1e-10)
         assert torch.allclose(grad[p], expected_grad, rtol=1e-9, atol=1e-11)
+        # Levenberg-Marquardt: the same structure with mu I added
+        expected_damped, _ = dense_gauss_newton(metric, path[p], damping=float(mu[p]))
+        assert torch.allclose(damped[p], expected_damped, rtol=1e-8, atol=1e-10)
         # the gradient is the true one: autograd through the metric's energy
         _, auto = metric.energy_gradient(path[p:p + 1])
         assert torch.allclose(grad[p], auto[0], rtol=1e-9, atol=1e-11)

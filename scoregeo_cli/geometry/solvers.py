@@ -326,7 +326,8 @@ class OptimizerSolver:
 
 
 def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
-                      g: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      g: torch.Tensor | None, damping: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Newton step and true gradient over the interior nodes, both (P, N-1, D).
 
     With the curve model's phi, dphi, weights w (``metrics.CurveModel``, K quadrature
@@ -340,7 +341,8 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
         [W^T A^-1 W]_kl = (a_k A^-1 a_l)(u_k.u_l) + (a_k A^-1 b_l)(u_k.g_l)
                           + (b_k A^-1 a_l)(g_k.u_l) + (b_k A^-1 b_l)(g_k.g_l).
     With g None (the frozen metric) the step lands on the exact minimiser of the frozen
-    quadratic problem. Solves run in float64.
+    quadratic problem. ``damping`` (P,) adds mu I to the normal matrix (Levenberg-Marquardt:
+    S_int + mu I in place of S_int, the same structure). Solves run in float64.
     """
     work = torch.float64
     x, r, u = path.to(work), r.to(work), u.to(work)
@@ -349,7 +351,10 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
     a = scale * torch.as_tensor(model.dphi[:, 1:-1], dtype=work, device=dev)  # (K, N-1)
     b = scale * torch.as_tensor(model.phi[:, 1:-1], dtype=work, device=dev)
     stiff = torch.as_tensor(model.stiffness, dtype=work, device=dev)
-    a_inv = torch.linalg.inv(stiff[1:-1, 1:-1])  # S_int^{-1}
+    s_int = stiff[1:-1, 1:-1].expand(x.shape[0], -1, -1)
+    if damping is not None:
+        s_int = s_int + damping.to(work)[:, None, None] * torch.eye(s_int.shape[-1], dtype=work, device=dev)
+    a_inv = torch.linalg.inv(s_int)  # S_int^{-1}, (P, N-1, N-1)
     grad = torch.einsum("ij,pjd->pid", stiff[1:-1], x) + torch.einsum("ki,pk,pkd->pid", a, r, u)
     cap = (a @ a_inv @ a.T) * (u @ u.transpose(1, 2))
     if g is not None:
@@ -358,7 +363,7 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
         cross = (a @ a_inv @ b.T) * (u @ g.transpose(1, 2))
         cap = cap + cross + cross.transpose(1, 2) + (b @ a_inv @ b.T) * (g @ g.transpose(1, 2))
     cap = cap + torch.eye(cap.shape[-1], dtype=work, device=dev)
-    z = torch.einsum("ij,pjd->pid", a_inv, grad)  # A^-1 grad
+    z = torch.einsum("pij,pjd->pid", a_inv, grad)  # A^-1 grad
     rhs = (torch.einsum("ki,pid->pkd", a, z) * u).sum(-1)
     if g is not None:
         rhs = rhs + (torch.einsum("ki,pid->pkd", b, z) * g).sum(-1)
@@ -366,40 +371,47 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
     wy = torch.einsum("ki,pk,pkd->pid", a, y, u)
     if g is not None:
         wy = wy + torch.einsum("ki,pk,pkd->pid", b, y, g)
-    step = -(z - torch.einsum("ij,pjd->pid", a_inv, wy))
+    step = -(z - torch.einsum("pij,pjd->pid", a_inv, wy))
     return step.to(path.dtype), grad.to(path.dtype)
 
 
 class GaussNewtonSolver:
-    """Gauss-Newton on the true curve energy, with a backtracking (Armijo) line search.
+    """Gauss-Newton (Levenberg-Marquardt) on the true curve energy.
 
     Each iteration linearises the residuals at the current path (one batched score
-    evaluation, kept differentiable, and one vector-Jacobian product through the score),
-    solves the normal equations with ``gauss_newton_step`` and tries the step at lengths
-    min(1, 2 alpha_last), then halving, until the true energy falls by at least 1e-4 of the
-    first-order decrease (alpha_last: the pair's last accepted length) (one batched score evaluation per trial; an accepted full step's evaluation is
-    the next linearisation's). A pair stops as converged when its true gradient norm falls
-    below ``gtol`` times its value on the first path, and as stalled when no trial lowers its
-    energy (rounding) or its step length falls below ``min_step``. A metric without
-    residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
+    evaluation, kept differentiable, and one vector-Jacobian product through the score) and
+    solves the normal equations, damped by mu I, with ``gauss_newton_step``. The trial is
+    accepted when the true energy falls by at least 1e-4 of the decrease the linear model
+    predicts (one batched score evaluation per trial; an accepted trial's evaluation is the
+    next linearisation's). mu starts at 0 (pure Gauss-Newton: quadratic convergence where
+    the residuals vanish at the solution); a rejected trial raises it (x4, at least 1e-2 of
+    the mean stiffness) and re-solves without a new evaluation; a good step lowers it (/3).
+    Damping matters where the residuals' own curvature, which Gauss-Newton leaves out, is
+    large: e.g. when a path leaves the sphere's subspace (codimension > 1), where undamped
+    steps overshoot 2-8 times. A pair stops as converged when its true gradient norm falls
+    below ``gtol`` times its value on the first path, and as stalled when mu exceeds
+    ``max_damping`` times its unit. A metric without residual linearisation (no
+    ``evaluate``) is handed to L-BFGS with the same budget.
 
     Args:
         nodes: nodes per path, endpoints included (>= 3).
         max_evals: budget of batched score evaluations (forward passes, > 0).
         gtol: relative gradient-norm tolerance (> 0).
         warm_start: fixed-point iterations first (0: none); each costs one evaluation.
-        min_step: smallest step length tried.
+        max_damping: largest damping, in units of 1e-2 of the mean stiffness, before a
+            pair stops as stalled.
     """
 
-    def __init__(self, nodes: int = 16, max_evals: int = 100, gtol: float = 1e-8, warm_start: int = 0,
-                 min_step: float = 1e-6):
+    def __init__(self, nodes: int = 16, max_evals: int = 200, gtol: float = 1e-8, warm_start: int = 0,
+                 max_damping: float = 1e12):
         self.nodes = _check_nodes(nodes)
         _check_positive("solver.max_evals", max_evals)
         _check_positive("solver.gtol", gtol)
         if int(warm_start) < 0:
             raise ScoregeoError(f"solver.warm_start must be >= 0, got {warm_start}")
         self.max_evals, self.gtol = int(max_evals), float(gtol)
-        self.warm_start, self.min_step = int(warm_start), float(min_step)
+        _check_positive("solver.max_damping", max_damping)
+        self.warm_start, self.max_damping = int(warm_start), float(max_damping)
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
@@ -425,14 +437,17 @@ class GaussNewtonSolver:
         done = torch.zeros(p, dtype=torch.bool, device=path.device)
         converged = torch.zeros_like(done)
         idx_all = torch.arange(p, device=path.device)
-        last_alpha = torch.ones(p, dtype=path.dtype, device=path.device)  # step length accepted last
+        model = metric.curve(path.shape[1])
+        diag = torch.as_tensor(model.stiffness.diagonal()[1:-1].mean(), dtype=path.dtype, device=path.device)
+        mu_unit = torch.full((p,), 1e-2, dtype=path.dtype, device=path.device) * diag
+        mu = torch.zeros(p, dtype=path.dtype, device=path.device)  # Levenberg-Marquardt damping
         while True:
             active = idx_all[~done]
             if active.numel() == 0:
                 break
             r, u, g = ev.linearize()
             vjps, vjp_points = vjps + 1, vjp_points + u.shape[0] * u.shape[1]
-            step, grad = gauss_newton_step(ev.model, metric.lam, path[active], r, u, g)
+            step, grad = gauss_newton_step(ev.model, metric.lam, path[active], r, u, g, mu[active])
             norm = grad.flatten(1).norm(dim=-1)
             if gnorm is None:
                 gnorm = norm.clone()
@@ -448,20 +463,28 @@ class GaussNewtonSolver:
             if active.numel() == 0:
                 break
             it += 1
-            slope = (step * grad).flatten(1).sum(-1)  # < 0: a descent direction
+            r, u, g = r[keep], u[keep], g[keep]
             e0 = energy[active]
-            alpha = (2 * last_alpha[active]).clamp(max=1.0)
             pending = torch.ones_like(e0, dtype=torch.bool)
             first = True
             ev_next = None
             while bool(pending.any()) and metric.score.calls - evals0 < self.max_evals:
                 sel = pending.nonzero().squeeze(1)
+                if not first:  # re-solve the rejected pairs with their raised damping
+                    step[sel], _ = gauss_newton_step(ev.model, metric.lam, path[active[sel]], r[sel], u[sel],
+                                                     g[sel], mu[active[sel]])
+                mu_sel = mu[active[sel]]
+                pred = (-0.5 * (step[sel] * grad[sel]).flatten(1).sum(-1)
+                        + 0.5 * mu_sel * (step[sel] ** 2).flatten(1).sum(-1))
                 trial = path[active[sel]].clone()
-                trial[:, 1:-1] += alpha[sel, None, None] * step[sel]
+                trial[:, 1:-1] += step[sel]
                 ev_trial = metric.evaluate(trial)
                 e_trial = ev_trial.energy.detach()
                 check_finite(e_trial, "the curve energy", f"solver iteration {it}")
-                ok = e_trial <= e0[sel] + 1e-4 * alpha[sel] * slope[sel]
+                gain = e0[sel] - e_trial
+                floor = 1e-13 * e0[sel].abs()  # rounding: decreases below it are not measurable
+                rho = gain / pred.clamp_min(1e-300)
+                ok = (rho > 1e-4) | ((pred <= floor) & (gain >= -floor))
                 acc = sel[ok]
                 path[active[acc]] = trial[ok]
                 energy[active[acc]] = e_trial[ok]
@@ -469,11 +492,16 @@ class GaussNewtonSolver:
                     ev_next = ev_trial
                 first = False
                 pending[acc] = False
-                last_alpha[active[acc]] = alpha[acc]
-                alpha[sel[~ok]] /= 2
-                stalled = pending & (alpha < self.min_step)
-                done[active[stalled]] = True
-                pending &= ~stalled
+                # Levenberg-Marquardt: trust the model more after good steps, less after poor ones
+                scale = mu_unit[active[sel]]
+                new_mu = torch.where(rho > 0.75, mu_sel / 3, torch.where(rho < 0.25, (2 * mu_sel).clamp_min(scale),
+                                                                         mu_sel))
+                new_mu = torch.where(ok, torch.where(new_mu < 1e-6 * scale, torch.zeros_like(new_mu), new_mu),
+                                     (4 * mu_sel).clamp_min(scale))
+                mu[active[sel]] = new_mu
+                stalled = ~ok & (new_mu > self.max_damping * scale)
+                done[active[sel[stalled]]] = True
+                pending[sel[stalled]] = False
             done[active[pending]] = True  # budget spent in the line search
             trace.append(energy.tolist())
             active = idx_all[~done]

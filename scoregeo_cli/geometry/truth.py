@@ -210,6 +210,16 @@ def sphere_metric_geodesic(basis, centre, radius: float, sigma: float, lam: floa
         guess[0], guess[1] = rad * np.cos(theta * t), rad * np.sin(theta * t)
         guess = np.concatenate([guess, np.gradient(guess, t, axis=1)])
         sol = solve_bvp(reduced.rhs, bc, t, guess, tol=tol, max_nodes=5000)
+        if sol.status != 0:  # continuation in lam from a nearly flat metric
+            lam_full = reduced.lam
+            for factor in (1e-3, 1e-2, 1e-1, 0.3, 1.0):
+                reduced.lam = lam_full * factor
+                sol = solve_bvp(reduced.rhs, bc, t, guess, tol=tol, max_nodes=5000)
+                if sol.status != 0:
+                    break
+                t, guess = sol.x, sol.y
+            reduced.lam = lam_full
+            t = np.linspace(0, 1, 129)
         if sol.status != 0:
             continue
         tt = np.linspace(0, 1, 2001)
