@@ -302,8 +302,10 @@ class OptimizerSolver:
 
         if self.optimizer == "adam":
             opt = torch.optim.Adam([interior], lr=self.lr)
-            previous = None
-            while metric.score.calls - evals0 < self.max_evals - 1:
+            previous, steps = None, 0
+            # the budget counts score evaluations, and steps for a metric that needs none (euclidean)
+            while metric.score.calls - evals0 < self.max_evals - 1 and steps < self.max_evals - 1:
+                steps += 1
                 total = float(opt.step(closure).detach())
                 if self.tol and previous is not None and abs(previous - total) <= self.tol * abs(previous):
                     break
@@ -494,9 +496,9 @@ class GaussNewtonSolver:
                 pending[acc] = False
                 # Levenberg-Marquardt: trust the model more after good steps, less after poor ones
                 scale = mu_unit[active[sel]]
-                new_mu = torch.where(rho > 0.75, mu_sel / 3, torch.where(rho < 0.25, (2 * mu_sel).clamp_min(scale),
+                new_mu = torch.where(rho > 0.75, mu_sel / 10, torch.where(rho < 0.25, (2 * mu_sel).clamp_min(scale),
                                                                          mu_sel))
-                new_mu = torch.where(ok, torch.where(new_mu < 1e-6 * scale, torch.zeros_like(new_mu), new_mu),
+                new_mu = torch.where(ok, torch.where(new_mu < 0.1 * scale, torch.zeros_like(new_mu), new_mu),
                                      (4 * mu_sel).clamp_min(scale))
                 mu[active[sel]] = new_mu
                 stalled = ~ok & (new_mu > self.max_damping * scale)
