@@ -484,7 +484,7 @@ class GaussNewtonSolver:
                 e_trial = ev_trial.energy.detach()
                 check_finite(e_trial, "the curve energy", f"solver iteration {it}")
                 gain = e0[sel] - e_trial
-                floor = 1e-13 * e0[sel].abs()  # rounding: decreases below it are not measurable
+                floor = 16 * torch.finfo(e_trial.dtype).eps * e0[sel].abs()  # rounding: not measurable below
                 rho = gain / pred.clamp_min(1e-300)
                 ok = (rho > 1e-4) | ((pred <= floor) & (gain >= -floor))
                 acc = sel[ok]
