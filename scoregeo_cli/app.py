@@ -11,6 +11,7 @@ exit code 2, nothing marked DONE.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shlex
@@ -138,7 +139,8 @@ def error_sentence(err: BaseException) -> str:
     if isinstance(err, MemoryError):
         return "out of memory; lower n_pairs, solver.nodes or task.pair_batch"
     if isinstance(err, OSError) and not isinstance(err, HydraException):
-        return results.os_error_sentence(err, "write to")
+        writing = err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
+        return results.os_error_sentence(err, "write to" if writing else "access")
     return one_sentence(str(err)) or type(err).__name__
 
 
@@ -274,7 +276,7 @@ def _hydra(app, argv: list[str], prog: str) -> int:
 
     HYDRA_FULL_ERROR makes Hydra raise them instead of printing its multi-line report.
     """
-    sys.argv = [prog, *argv]
+    previous_argv, sys.argv = sys.argv, [prog, *argv]
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
@@ -282,6 +284,7 @@ def _hydra(app, argv: list[str], prog: str) -> int:
     except (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError) as err:
         _fail(err)
     finally:
+        sys.argv = previous_argv
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:

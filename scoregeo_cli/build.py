@@ -128,8 +128,11 @@ def check_node(node, key: str) -> None:
         if name not in named:
             if open_ended:
                 continue
+            # what the config may set: parameters with defaults or set there (the others,
+            # e.g. a metric's score, are supplied by the code that completes a partial)
+            settable = [n for n, p in named.items() if n in node or p.default is not p.empty]
             raise ScoregeoError(f"{full} is not an option of {key} ({node['_target_']}); "
-                                f"it takes: {', '.join(named) or 'nothing'}")
+                                f"it takes: {', '.join(settable) or 'nothing'}")
         if isinstance(value, dict) and "_target_" in value:
             check_node(value, full)
             continue
@@ -277,4 +280,4 @@ def check_memory(cfg: DictConfig, nodes: int, dim: int, methods) -> None:
         raise ScoregeoError(
             f"n_pairs={pairs} needs about {_size(need)} of memory ({batch} pairs x {int(nodes) + steps} points x "
             f"{int(dim)} dimensions x 8 bytes x {copies} copies for {len(methods)} method(s)), more than the "
-            f"{_size(have)} available; lower n_pairs (at most about {fit} fit) or solver.nodes, or select fewer methods")
+            f"{_size(have)} available; lower n_pairs (to at most about {fit}) or solver.nodes, or select fewer methods")
