@@ -106,6 +106,7 @@ def check_resumed(root: Path, reference: Path, before: dict, out: str, note: str
         assert comparable(done[name] / "summary.json") == comparable(ref[name] / "summary.json"), (note, name)
     after = stamps({k: done[k] for k in before})
     assert after == before, note
+    assert not list(root.rglob(".*.tmp")), note  # no half-written file of a killed run is left
     if out is not None:
         assert out.count("skipping finished run") == len(before), (note, out)
 

@@ -77,12 +77,15 @@ def mark_done(run_dir: str | os.PathLike) -> None:
 
 def clear_done(run_dir: str | os.PathLike) -> None:
     """Remove DONE and the results of an earlier attempt, so that a run that fails now
-    leaves no summary that looks complete."""
-    for name in (DONE, *RESULT_FILES):
+    leaves no summary that looks complete, and the temporary files of writes an earlier
+    attempt did not finish (killed). Call it holding the folder's lock."""
+    run_dir = Path(run_dir)
+    stale = [*run_dir.glob(".*.tmp"), *run_dir.glob(".hydra/.*.tmp")]
+    for path in (*(run_dir / name for name in (DONE, *RESULT_FILES)), *stale):
         try:
-            (Path(run_dir) / name).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as err:
-            raise ScoregeoError(os_error_sentence(err, "remove", Path(run_dir) / name)) from None
+            raise ScoregeoError(os_error_sentence(err, "remove", path)) from None
 
 
 @contextlib.contextmanager
