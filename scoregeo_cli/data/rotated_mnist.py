@@ -195,6 +195,7 @@ class RotatedDigits:
     # -- the pair-set interface of the image task ------------------------------------------
     has_truth = True
     named_pairs = False
+    dim = 28 * 28  # pixels of one digit
 
     def check(self) -> None:
         """Read the pair split now, so a missing or corrupt file stops the run before model work."""
@@ -209,7 +210,7 @@ class RotatedDigits:
         return int(n)
 
     def describe(self) -> str:
-        return (f"{len(self.names)} pair(s) of {self.source} digits ({self.pair_split} split), theta_a in "
+        return (f"{self.source} digits ({self.pair_split} split), theta_a in "
                 f"{list(self.angle_a)}, theta_b in {list(self.angle_b)} deg")
 
     def records(self) -> list[dict]:
@@ -217,17 +218,26 @@ class RotatedDigits:
                  "theta_a": float(self._theta_a[p]), "theta_b": float(self._theta_b[p])}
                 for p in range(len(self.names))]
 
+    def angles(self, batch: list[int], fractions: torch.Tensor) -> torch.Tensor:
+        """Angles (B, F) in degrees at fractions (F,) of the way from theta_a to theta_b."""
+        span = (self._theta_b[batch] - self._theta_a[batch])[:, None]
+        return self._theta_a[batch][:, None] + fractions.to(span) * span
+
     def truth(self, batch: list[int], fractions: torch.Tensor) -> torch.Tensor:
         """The digits of ``batch`` rotated to theta_a + f (theta_b - theta_a) for each fraction f
         (F,): (B, F, 1, 28, 28) float32."""
-        span = (self._theta_b[batch] - self._theta_a[batch])[:, None]
-        angles = self._theta_a[batch][:, None] + fractions.to(span) * span
-        return self.frames(self._digits[batch].double(), angles).float()
+        return self.frames(self._digits[batch].double(), self.angles(batch, fractions)).float()
 
     def load(self, batch: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both ends of the pairs of ``batch``: the digits at theta_a and theta_b, (B, 1, 28, 28)."""
         ends = self.truth(batch, torch.tensor([0.0, 1.0], dtype=torch.float64))
         return ends[:, 0], ends[:, 1]
+
+    def orbit(self, angles: torch.Tensor, batch: list[int] | None = None) -> torch.Tensor:
+        """The selected pairs' digits (or those of ``batch``) at every angle (G,) in degrees:
+        (B, G, 1, 28, 28) float32, the rotation orbits."""
+        digits = self._digits if batch is None else self._digits[batch]
+        return self.frames(digits.double(), angles.to(torch.float64)[None].expand(len(digits), -1)).float()
 
     def reference(self, n: int | None, generator: torch.Generator, tau_range: tuple[float, float]) -> torch.Tensor:
         """Real images for FID/KID: ``real_rotated`` (n required)."""

@@ -5,6 +5,6 @@ under ``methods.<name>``); an experiment selects the methods it compares with
 ``method: [geodesic, lerp, ...]``. ``run_methods`` is the one loop over them.
 """
 
-from scoregeo_cli.methods.base import Method, MethodPath, Plan, build_methods, run_methods
+from scoregeo_cli.methods.base import Method, MethodPath, Plan, build_methods, check_methods, run_methods
 
-__all__ = ["Method", "MethodPath", "Plan", "build_methods", "run_methods"]
+__all__ = ["Method", "MethodPath", "Plan", "build_methods", "check_methods", "run_methods"]

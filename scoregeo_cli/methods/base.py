@@ -76,6 +76,14 @@ def build_methods(cfg: DictConfig) -> dict[str, Method]:
     return {name: instantiate(node) for name, node in nodes.items()}
 
 
+def check_methods(methods: dict[str, Method], plan: Plan) -> None:
+    """Let every method check, before any work, that it can run with the plan (a geodesic's
+    solver against its metric); one sentence if not."""
+    for method in methods.values():
+        if hasattr(method, "resolve"):
+            method.resolve(plan)
+
+
 def run_methods(methods: dict[str, Method], ends: Endpoints, plan: Plan, generator: torch.Generator,
                 verbose: bool = True) -> dict[str, MethodPath]:
     """Every method on the same endpoints; paths checked finite (extrapolations may be NaN)."""

@@ -5,28 +5,63 @@ from __future__ import annotations
 
 import torch
 
+from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.geometry.shooting import end_tangent
 from scoregeo_cli.methods.base import Method, MethodPath, Plan
 from scoregeo_cli.spaces.base import Endpoints
 
 
-class Geodesic(Method):
-    """The geodesic of the run's metric (``metric``), solved by ``solver`` and extrapolated by
-    ``extrapolate`` (the run's config groups). A shot that spends its budget or diverges
-    gives a NaN extrapolation and says why."""
+def check_solver(solver, metric) -> None:
+    """Refuse, before any work, a solver that cannot minimise the metric's energy (a solver
+    lists the metric methods it relies on in ``needs``)."""
+    missing = [name for name in getattr(solver, "needs", ()) if not hasattr(metric, name)]
+    if missing:
+        raise ScoregeoError(f"solver {type(solver).__name__} needs a metric with {', '.join(missing)} "
+                            f"(the Stein metric); metric {type(metric).__name__} works with solver=lbfgs or solver=adam")
 
-    report = ""
+
+class Geodesic(Method):
+    """The geodesic of a metric, solved by a solver and extrapolated by ``extrapolate``.
+
+    Args:
+        metric: this method's own metric (a partial completed with the run's score), for
+            comparing several metrics in one run (``conf/method/geodesic_pullback.yaml``, ...);
+            None: the run's ``metric`` group.
+        solver: this method's own solver; None: the run's ``solver`` group.
+
+    A shot that spends its budget or diverges gives a NaN extrapolation and says why; a
+    metric without a geodesic equation is not extrapolated.
+    """
+
+    def __init__(self, metric=None, solver=None):
+        self.metric_factory, self.solver = metric, solver
+        self.report = ""
+        self._metric = None
+
+    def resolve(self, plan: Plan):
+        """This method's (metric, solver), built once and checked against each other."""
+        if self._metric is None:
+            self._metric = plan.metric if self.metric_factory is None else self.metric_factory(score=plan.metric.score)
+            solver = self.solver or plan.solver
+            if solver.nodes != plan.nodes:
+                raise ScoregeoError(f"a method's solver has {solver.nodes} nodes but the run uses {plan.nodes} "
+                                    "(solver.nodes); set both alike")
+            check_solver(solver, self._metric)
+        return self._metric, self.solver or plan.solver
 
     def __call__(self, ends: Endpoints, plan: Plan, generator: torch.Generator) -> MethodPath:
+        metric, solver = self.resolve(plan)
         n_pairs = len(ends.a)
-        result = plan.solver(plan.metric, ends.a, ends.b)
+        result = solver(metric, ends.a, ends.b)
         path = result.path.detach()
         self.report = (f"{result.score_evals} batched score evaluations, {result.iterations} iterations, "
                        f"{int(result.converged.sum())}/{n_pairs} converged, {result.seconds:.2f} s")
-        out = MethodPath(path, None, score_evals=result.score_evals, seconds=result.seconds / n_pairs,
-                         energy=result.energy.detach())
-        if plan.extrapolate:
-            shot = plan.shooter(plan.metric, path[:, -1], end_tangent(path))
+        energy = None if metric is not plan.metric else result.energy.detach()  # rows report the run's metric
+        out = MethodPath(path, None, score_evals=result.score_evals, seconds=result.seconds / n_pairs, energy=energy)
+        if plan.extrapolate and not getattr(metric, "has_geodesic_equation", True):
+            self.report += f"; no extrapolation: {type(metric).__name__} has no geodesic equation here"
+        elif plan.extrapolate:
+            shot = plan.shooter(metric, path[:, -1], end_tangent(path))
             out.extrapolation = shot.path.detach()
             out.ext_score_evals, out.ext_seconds = shot.score_evals, shot.seconds / n_pairs
             if shot.error is None:

@@ -26,15 +26,17 @@ Node i of N sits at fraction i/(N-1) of the way from a to b; extrapolated point 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
-from scoregeo_cli.build import build_metric, build_score, instantiate
+from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
+from scoregeo_cli.cache import Cache, digest, file_digest
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.methods import Plan, build_methods, run_methods
+from scoregeo_cli.methods import Plan, build_methods, check_methods, run_methods
 from scoregeo_cli.reporting.figures import save_frames, save_strip
 from scoregeo_cli.reporting.results import atomic_write_json, row
 
@@ -64,28 +66,35 @@ class ImageTask:
     def _check_eval(ev: DictConfig) -> None:
         if ev.lpips_net not in LPIPS_NETS:
             raise ScoregeoError(f"eval.lpips_net must be one of {LPIPS_NETS}, got '{ev.lpips_net}'")
+        if ev.get("fid"):
+            from scoregeo_cli.evaluation.images import check_inception_resize
+
+            check_inception_resize(ev.get("fid_resize", "tf1_bilinear"))
         for key in ("fid_frames", "fid_real", "strips"):
             value = ev.get(key)
             if value is not None and int(value) < (0 if key == "strips" else 2):
                 raise ScoregeoError(f"eval.{key} must be at least {0 if key == 'strips' else 2} or null, got {value}")
 
     def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
-        from scoregeo_cli.evaluation.images import inception_features
-
         run_dir, ev = Path(run_dir), cfg.eval
         self._check_eval(ev)
         dataset = instantiate(cfg.dataset)
         solver, shooter = instantiate(cfg.solver), instantiate(cfg.extrapolate)
         methods = build_methods(cfg)
         dataset.check()
-        score = build_score(cfg)
-        space = instantiate(cfg.space)(score=score)
+        gen = torch.Generator().manual_seed(int(cfg.seed))
+        oracle = _wants_dataset(cfg.score)  # a score built from the selected pairs (score=orbit)
+        if not oracle:
+            score = build_score(cfg)
+            space = instantiate(cfg.space)(score=score)
+        check_memory(cfg, solver.nodes, dataset.dim if oracle else score.dim, methods)
+        n_pairs = dataset.select(cfg.n_pairs, gen, resolution=None if oracle else getattr(space, "resolution", None))
+        if oracle:
+            score = build_score(cfg, dataset=dataset)
+            space = instantiate(cfg.space)(score=score)
         metric = build_metric(cfg, score)
         plan = Plan(solver.nodes, metric, solver, shooter, extrapolate=self.extrapolate and dataset.has_truth)
-
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        from scoregeo_cli.build import check_memory; check_memory(cfg, plan.nodes, score.dim, methods)
-        n_pairs = dataset.select(cfg.n_pairs, gen, resolution=getattr(space, "resolution", None))
+        check_methods(methods, plan)
         n_nodes = plan.nodes
         if ev.fid and n_pairs * (n_nodes - 2) < 2:
             raise ScoregeoError(f"FID/KID need at least 2 intermediate frames; {n_pairs} pair(s) of {n_nodes} "
@@ -95,7 +104,8 @@ class ImageTask:
               + (f", {shooter.steps} extrapolated" if plan.extrapolate else "") + f"; methods {list(methods)}")
         atomic_write_json(run_dir / "pairs.json", dataset.records())
 
-        fid = _SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, inception_features) if ev.fid else None
+        cache = Cache(Path(cfg.output_root) / ".cache", enabled=bool(cfg.get("cache", True)))
+        fid = _SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, cache) if ev.fid else None
         fractions = torch.linspace(0, 1, n_nodes, dtype=torch.float64)
         rows: list[dict] = []
         strips_left = n_pairs if ev.get("strips") is None else int(ev.strips)
@@ -106,11 +116,13 @@ class ImageTask:
             images_a, images_b = dataset.load(batch)
             ends = space.endpoints(space.encode(images_a), space.encode(images_b), eps[batch])
             results = run_methods(methods, ends, plan, method_gen)
-            frames, frames_ext, denoised_ends = self._to_images(space, results, ends)
+            frames, frames_ext, denoised_ends = self._to_images(space, results, ends, cache)
             truth = dataset.truth(batch, fractions)
             truth_ext = dataset.truth(batch, 1 + plan.tau) if plan.extrapolate else None
             start_metrics = time.perf_counter()
             rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, ev.lpips_net)
+            if hasattr(dataset, "orbit"):
+                rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
             if truth is not None and denoised_ends is not None:
                 true_ends = torch.stack([truth[:, 0], truth[:, -1]], 1)
                 roundtrip = _framewise(denoised_ends, true_ends, ev.lpips_net)
@@ -139,38 +151,47 @@ class ImageTask:
             start_fid = time.perf_counter()
             rows += fid.rows()
             print(f"FID/KID: {time.perf_counter() - start_fid:.1f} s")
+        print(cache.describe())
+        atomic_write_json(run_dir / "cache.json", cache.report())
         if ev.get("strips") != 0:
             print(f"strips ({'truth' if dataset.has_truth else 'inputs'} on top"
                   + ("; interpolation | extrapolation" if plan.extrapolate else "") + f"): {run_dir / 'strips'}")
         return rows
 
     @staticmethod
-    def _to_images(space, results, ends):
+    def _to_images(space, results, ends, cache=None):
         """Frames (P, N, C, H, W) and extrapolations (P, steps+1, ...) per method, and the
-        denoised endpoints (P, 2, ...): every point at level t goes through one batched pass."""
-        at_level = [m for m, r in results.items() if r.at_level]
-        stacked = [results[m].path for m in at_level]
-        stacked += [results[m].extrapolation for m in at_level if results[m].extrapolation is not None]
-        diffusion = hasattr(space, "denoise")
-        if diffusion:
-            stacked.append(torch.stack([ends.a, ends.b], 1))
-        p = len(ends.a)
-        sizes = [x.shape[1] for x in stacked]
-        images = space.to_data(torch.cat(stacked, 1).reshape(-1, ends.a.shape[-1]))
-        images = images.reshape(p, sum(sizes), *images.shape[1:]).split(sizes, dim=1)
-        frames = dict(zip(at_level, images))
-        ext_names = [m for m in at_level if results[m].extrapolation is not None]
-        frames_ext = dict(zip(ext_names, images[len(at_level):]))
+        denoised endpoints (P, 2, ...) (None outside a diffusion space). Each endpoint is
+        denoised once (every path starts at a and ends at b; every continuation starts at b);
+        the interior points of all methods go through one batched DDIM pass, less those the
+        cache already holds; methods on clean data are only decoded."""
+        p, d = ends.a.shape
+        groups: dict[tuple, torch.Tensor] = {("ends", ""): torch.stack([ends.a, ends.b], 1)}
         for m, r in results.items():
-            if not r.at_level:
-                f = space.to_data(r.path.reshape(-1, r.path.shape[-1]), at_level=False)
-                frames[m] = f.reshape(p, -1, *f.shape[1:])
+            if r.at_level:
+                groups[m, "path"] = r.path[:, 1:-1]
                 if r.extrapolation is not None:
-                    e = space.to_data(r.extrapolation.reshape(-1, r.path.shape[-1]), at_level=False)
-                    frames_ext[m] = e.reshape(p, -1, *e.shape[1:])
-        order = list(results)
-        return ({m: frames[m] for m in order}, {m: frames_ext[m] for m in order if m in frames_ext},
-                images[-1] if diffusion else None)
+                    groups[m, "ext"] = r.extrapolation[:, 1:]
+        if hasattr(space, "denoise_groups"):
+            clean = dict(zip(groups, space.denoise_groups(list(groups.values()), cache)))
+            images = {k: space.to_data(v.reshape(-1, d), at_level=False) for k, v in clean.items()}
+        else:
+            images = {k: space.to_data(v.reshape(-1, d)) for k, v in groups.items()}
+        images = {k: v.reshape(p, -1, *v.shape[1:]) for k, v in images.items()}
+        first, last = images["ends", ""][:, :1], images["ends", ""][:, 1:]
+        frames, frames_ext = {}, {}
+        for m, r in results.items():
+            if r.at_level:
+                frames[m] = torch.cat([first, images[m, "path"], last], 1)
+                if r.extrapolation is not None:
+                    frames_ext[m] = torch.cat([last, images[m, "ext"]], 1)
+                continue
+            f = space.to_data(r.path.reshape(-1, d), at_level=False)
+            frames[m] = f.reshape(p, -1, *f.shape[1:])
+            if r.extrapolation is not None:
+                e = space.to_data(r.extrapolation.reshape(-1, d), at_level=False)
+                frames_ext[m] = e.reshape(p, -1, *e.shape[1:])
+        return frames, frames_ext, (images["ends", ""] if hasattr(space, "denoise") else None)
 
     @staticmethod
     def _pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, net) -> list[dict]:
@@ -210,6 +231,48 @@ class ImageTask:
         return rows
 
 
+def _wants_dataset(score_cfg) -> bool:
+    """Whether the score's factory takes the dataset (an oracle built from the selected pairs)."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    try:
+        return "dataset" in inspect.signature(get_method(score_cfg._target_)).parameters
+    except Exception:  # an unresolvable target is reported when the score is built
+        return False
+
+
+@torch.no_grad()
+def _orbit_rows(batch, dataset, space, results, frames, fractions, step: float) -> list[dict]:
+    """Geometry against the rotation orbit of each pair's own digit (a grid of ``step`` degrees
+    over the training range): ``orbit_distance_max``, the largest distance of an interior node
+    at level t to the noised orbit, min_k |x - sqrt(abar_t) y_k| (paths at level t only),
+    and ``orbit_excess_max``, the same above the mean of the two ends' distances (which the
+    shared noise sets: 0 is as close as the endpoints); and
+    ``angle_error`` / ``angle_error_max``, the mean / largest |angle of the nearest true
+    rotation to a denoised interior frame - the node's ideal angle|, degrees."""
+    lo, hi = dataset.train_angles
+    grid = torch.arange(lo, hi + 1e-9, step, dtype=torch.float64)
+    orbit = dataset.orbit(grid, batch).flatten(2)  # (B, G, D) in [0, 1]
+    ideal = dataset.angles(batch, fractions)[:, 1:-1]  # (B, N-2)
+    level = math.sqrt(getattr(space, "abar_t", 1.0)) * (2 * orbit.double() - 1)
+    rows = []
+    for method, result in results.items():
+        values = {}
+        if result.at_level:
+            dist = torch.cdist(result.path.double(), level).amin(-1)  # (B, N)
+            values["orbit_distance_max"] = dist[:, 1:-1].amax(-1)
+            # above the ends' own distance (the shared noise): 0 = as close as the endpoints
+            values["orbit_excess_max"] = (dist[:, 1:-1] - 0.5 * (dist[:, :1] + dist[:, -1:])).amax(-1)
+        inner = frames[method][:, 1:-1].flatten(2).double()
+        nearest = torch.cdist(inner, orbit.double()).argmin(-1)  # (B, N-2)
+        err = (grid[nearest] - ideal).abs()
+        values["angle_error"], values["angle_error_max"] = err.mean(-1), err.amax(-1)
+        rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
+    return rows
+
+
 def _framewise(frames: torch.Tensor, truth: torch.Tensor, net: str) -> dict[str, torch.Tensor]:
     """PSNR, SSIM, LPIPS of frames (P, F, C, H, W) against truth of the same shape -> (P, F) each."""
     from scoregeo_cli.evaluation.images import lpips_distance, psnr, ssim
@@ -229,18 +292,23 @@ class _SetMetrics:
     the input images of every pair.
     """
 
-    def __init__(self, cfg, dataset, methods, n_pairs, n_nodes, plan, inception_features):
+    def __init__(self, cfg, dataset, methods, n_pairs, n_nodes, plan, cache):
+        from scoregeo_cli import weights
+        from scoregeo_cli.evaluation.images import inception_features
+
         ev = cfg.eval
-        self.ev, self.features = ev, inception_features
+        self.ev, self.cache, self._inception = ev, cache, inception_features
         self.batch = int(ev.inception_batch)
+        self.resize = ev.get("fid_resize", "tf1_bilinear")
+        self.network = file_digest(weights.require_inception()) if cache.root is not None else ""
         gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
         n_real = None if ev.get("fid_real") is None else int(ev.fid_real)
         real = dataset.reference(n_real, gen, (0.0, 1.0))
-        self.real = None if real is None else inception_features(real, self.batch)
+        self.real = None if real is None else self.features(real)
         self.real_ext = None
         if plan.extrapolate:
             real_ext = dataset.reference(n_real, gen, (1.0, 1.0 + plan.shooter.duration))
-            self.real_ext = None if real_ext is None else inception_features(real_ext, self.batch)
+            self.real_ext = None if real_ext is None else self.features(real_ext)
         self.inputs: list[torch.Tensor] = []
         sizes = {"": n_pairs * (n_nodes - 2), "extrapolation_": n_pairs * plan.shooter.steps}
         prefixes = ["", "extrapolation_"] if plan.extrapolate else [""]
@@ -254,9 +322,15 @@ class _SetMetrics:
                 self.picks[method, prefix] = chosen
                 self.fake[method, prefix], self.finite[method, prefix] = [], True
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Inception features of images (N, C, H, W), from the cache when these exact images
+        met this network with this resize before."""
+        key = digest("inception", self.network, self.resize, images)
+        return self.cache.get("inception", key, lambda: self._inception(images, self.batch, resize=self.resize).cpu())
+
     def add(self, batch, images_a, images_b, frames, frames_ext) -> None:
         if self.real is None:
-            self.inputs.append(self.features(torch.cat([images_a, images_b]), self.batch).cpu())
+            self.inputs.append(self.features(torch.cat([images_a, images_b])))
         for (method, prefix), chosen in self.picks.items():
             source = frames.get(method) if prefix == "" else frames_ext.get(method)
             if source is None:
@@ -268,10 +342,10 @@ class _SetMetrics:
             if not bool(torch.isfinite(inner).all()):  # a failed extrapolation
                 self.finite[method, prefix] = False
             elif len(picked):
-                self.fake[method, prefix].append(self.features(picked, self.batch).cpu())
+                self.fake[method, prefix].append(self.features(picked))
 
     def rows(self) -> list[dict]:
-        from scoregeo_cli.evaluation.images import fid_from_features, kid_from_features
+        from scoregeo_cli.evaluation.images import fid_from_features, kid_from_features, kid_subset_size_for
 
         real = self.real if self.real is not None else torch.cat(self.inputs)
         references = {"": real, "extrapolation_": self.real_ext}
@@ -283,7 +357,8 @@ class _SetMetrics:
                 continue
             fake = torch.cat(parts)
             kid, kid_std = kid_from_features(reference, fake, self.ev.kid_subset_size)
-            scope = f"{len(reference)} reference images vs {len(fake)} frames"
+            subset = kid_subset_size_for(len(reference), len(fake), self.ev.kid_subset_size)
+            scope = f"{len(reference)} reference images vs {len(fake)} frames, KID subsets of {subset}"
             rows += [row(-1, method, f"{prefix}fid", fid_from_features(reference, fake), name=scope),
                      row(-1, method, f"{prefix}kid", kid, name=scope),
                      row(-1, method, f"{prefix}kid_std", kid_std, name=scope)]

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig
 from scoregeo_cli.build import build_metric, build_score, instantiate
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.geometry import geometry_rows
-from scoregeo_cli.methods import Plan, build_methods, run_methods
+from scoregeo_cli.methods import Plan, build_methods, check_methods, run_methods
 from scoregeo_cli.spaces import IdentitySpace
 
 
@@ -71,6 +71,7 @@ class SyntheticTask:
         solver, shooter = instantiate(cfg.solver), instantiate(cfg.extrapolate)
         methods = build_methods(cfg)
         plan = Plan(solver.nodes, metric, solver, shooter)
+        check_methods(methods, plan)
 
         generator = torch.Generator().manual_seed(int(cfg.seed))
         from scoregeo_cli.build import check_memory; check_memory(cfg, plan.nodes, score.dim, methods)

@@ -1,0 +1,114 @@
+"""The content-addressed cache: exact keys, no stale hits, identical results with and without it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+
+from scoregeo_cli.cache import Cache, digest
+
+
+def test_digest_sees_every_bit_dtype_and_shape():
+    x = torch.linspace(0, 1, 10, dtype=torch.float64)
+    y = x.clone()
+    y[3] = torch.nextafter(y[3], torch.tensor(2.0, dtype=torch.float64))  # one ulp
+    assert digest(x) == digest(x.clone())
+    assert digest(x) != digest(y)
+    assert digest(x) != digest(x.float())
+    assert digest(x) != digest(x.reshape(2, 5))
+    assert digest("a", x) != digest("b", x)
+    net = torch.nn.Linear(3, 2)
+    before = digest(net)
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-6
+    assert digest(net) != before
+
+
+def test_cache_computes_once_and_never_serves_a_changed_input(tmp_path):
+    cache = Cache(tmp_path)
+    calls = []
+
+    def compute(v):
+        calls.append(v)
+        return torch.full((2,), float(v))
+
+    first = cache.get("k", digest("x", 1), lambda: compute(1))
+    again = cache.get("k", digest("x", 1), lambda: compute(99))
+    other = cache.get("k", digest("x", 2), lambda: compute(2))
+    assert calls == [1, 2] and torch.equal(first, again) and float(other[0]) == 2
+    assert cache.report() == {"k": {"reused": 1, "computed": 2}}
+    off = Cache(tmp_path, enabled=False)
+    off.get("k", digest("x", 1), lambda: compute(3))
+    assert calls[-1] == 3  # cache=false recomputes
+
+
+def test_a_damaged_entry_is_recomputed(tmp_path):
+    cache = Cache(tmp_path)
+    key = digest("x")
+    cache.get("k", key, lambda: torch.ones(3))
+    entry = next(tmp_path.rglob("*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:10])
+    assert torch.equal(cache.get("k", key, lambda: torch.zeros(3)), torch.zeros(3))
+
+
+def test_denoised_groups_come_back_bit_identical_and_follow_the_weights(tmp_path):
+    from scoregeo_cli.scores.unet import load_unet_score
+    from scoregeo_cli.spaces import PixelDiffusionSpace
+
+    score = load_unet_score(None, t=200)
+    space = PixelDiffusionSpace(score, ddim_steps=2)
+    g = torch.Generator().manual_seed(0)
+    groups = [torch.randn(1, 2, 784, generator=g, dtype=torch.float64),
+              torch.randn(1, 3, 784, generator=g, dtype=torch.float64)]
+    cache = Cache(tmp_path)
+    fresh = space.denoise_groups(groups, cache)
+    reused = space.denoise_groups(groups, cache)
+    assert cache.report()["denoised"] == {"reused": 2, "computed": 2}
+    assert all(torch.equal(a, b) for a, b in zip(fresh, reused))
+    # the same points denoised together or apart, with or without the cache, agree
+    apart = space.denoise(groups[1].reshape(-1, 784)).reshape(groups[1].shape)
+    torch.testing.assert_close(apart, fresh[1], rtol=1e-6, atol=1e-6)
+    # new weights: a new fingerprint, so nothing is reused
+    with torch.no_grad():
+        next(score.model.parameters()).add_(1e-3)
+    changed = PixelDiffusionSpace(score, ddim_steps=2)
+    changed.denoise_groups(groups, cache)
+    assert cache.report()["denoised"] == {"reused": 2, "computed": 4}
+
+
+def _run(argv, monkeypatch):
+    from scoregeo_cli.cli import main
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    try:
+        assert main(argv) == 0
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(tmp_path, monkeypatch):
+    small = ["experiment=rotated_mnist", "n_pairs=1", "solver.nodes=4", "solver.max_evals=3", "space.ddim_steps=1",
+             "eval.fid_frames=2", "eval.fid_real=2", "eval.strips=0", "extrapolate.method=rk4",
+             "extrapolate.steps=2", "extrapolate.substeps=1", "extrapolate.max_evals=8",
+             "method=[geodesic,lerp,pixel_lerp]"]
+    runs = {}
+    for name, extra in (("a", ["metric.lam=10"]), ("b", ["metric.lam=1000"]),
+                        ("off", ["metric.lam=1000", "cache=false"])):
+        _run(["run", *small, *extra, f"output_root={tmp_path}", f"hydra.run.dir={tmp_path / name}"], monkeypatch)
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    reused = json.loads((tmp_path / "b" / "cache.json").read_text())
+    # lerp's interior and extrapolation, both endpoints: reused; the geodesic's two groups: new
+    assert reused["denoised"] == {"reused": 3, "computed": 2}
+    assert reused["inception"]["reused"] >= 4  # two reference sets, lerp and pixel_lerp frames
+    # the cached run equals the uncached one in every number but wall times
+    def numbers(summary):
+        return {m: {k: v for k, v in entry.items() if not k.endswith("seconds")} for m, entry in summary.items()}
+
+    assert numbers(runs["b"]) == numbers(runs["off"])
+    assert json.loads((tmp_path / "off" / "cache.json").read_text()) == {}
