@@ -157,13 +157,16 @@ def _replay_command(subcommand: str) -> str:
 def check_types(cfg: DictConfig) -> None:
     """Refuse mistyped top-level and eval values, then every node with a ``_target_``."""
     image_task = str(OmegaConf.select(cfg, "task._target_", default="")).endswith("ImageTask")
+    def plain(value):
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
     for key, words in TOP_LEVEL_TYPES.items():
         if key in cfg and not OmegaConf.is_missing(cfg, key):
-            check_value(key, cfg[key], [*words, "None"] if key == "n_pairs" and image_task else words)
+            check_value(key, plain(cfg[key]), [*words, "None"] if key == "n_pairs" and image_task else words)
     if isinstance(cfg.get("eval"), DictConfig):
         for key, words in EVAL_TYPES.items():
             if key in cfg.eval and not OmegaConf.is_missing(cfg.eval, key):
-                check_value(f"eval.{key}", cfg.eval[key], words)
+                check_value(f"eval.{key}", plain(cfg.eval[key]), words)
     check_config(cfg)
 
 

@@ -136,8 +136,8 @@ def check_node(node, key: str) -> None:
         if isinstance(value, dict) and "_target_" in value:
             check_node(value, full)
             continue
-        if value == "???":
-            continue
+        if value == "???" or (value is None and named[name].default is named[name].empty):
+            continue  # unset: a required value the constructor reports in its own sentence
         words = kinds_of(named[name].annotation)
         if words is None:
             continue

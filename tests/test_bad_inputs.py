@@ -157,6 +157,8 @@ CASES = [
     ("figure_word", ["eval.figure=maybe"], "eval.figure must be true or false, got 'maybe'", "in"),
     ("rerun_word", ["rerun=maybe"], "rerun must be true or false, got 'maybe'", "in"),
     ("threads_word", ["threads=abc"], "threads must be an integer or null, got 'abc'", "in"),
+    ("lam_null", ["metric.lam=null"], "metric.lam must be a number, got None", "in"),
+    ("sigmas_word", ["experiment=sphere_noise", "eval.sigmas=abc"], "eval.sigmas must be a list, got 'abc'", "in"),
     ("lam_word_process", ["metric.lam=abc"], "metric.lam must be a number, got 'abc'", "sub"),
     # Hydra's composition and override errors
     ("method_unknown", ["method=[nosuch]"], "Could not load 'method/nosuch'", "in"),
@@ -246,3 +248,27 @@ def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, cap
 
 def test_table_has_at_least_thirty_cases():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+
+
+GOOD = ([[f"experiment={e}"] for e in _options("experiment")]
+        + [["experiment=sphere", f"{g}={o}"] for g in ("solver", "metric", "score") for o in _options(g)]
+        + [["experiment=rotated_mnist", f"method=[{','.join(_options('method'))}]"],
+           ["experiment=rotated_mnist", "score=unet"], ["experiment=sphere", "threads=null", "n_pairs=3"]])
+
+
+def test_shipped_configs_pass_the_type_checks():
+    """No false refusals: every experiment and every option of the checked groups."""
+    from hydra import compose, initialize_config_dir
+
+    from scoregeo_cli.app import CONF_DIR, check_types
+
+    for overrides in GOOD:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            cfg = compose("config", overrides=overrides)
+        check_types(cfg)
+    GlobalHydra.instance().clear()
