@@ -73,9 +73,14 @@ Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command 
 
 
 def write_run(run_dir: Path, means: dict, overrides: list[str] | None = None, done: bool = True) -> None:
-    """A finished run folder as `scoregeo run` leaves it (summary, overrides, DONE)."""
+    """A finished run folder as `scoregeo run` leaves it (summary, overrides, DONE). Without
+    ``overrides``, they are those a job of ``<experiment>/<override_dirname>/seed=<k>`` recorded."""
     summary = {m: {k: {"mean": v, "std": 0.0, "n": 8} for k, v in metrics.items()} for m, metrics in means.items()}
     atomic_write_json(run_dir / "summary.json", summary)
+    if overrides is None:
+        experiment, dirname, seed = run_dir.parts[-3:]
+        overrides = [f"experiment={experiment}", *([] if dirname == "default" else dirname.split(",")),
+                     seed]
     if overrides is not None:
         (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
         (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -138,14 +143,14 @@ def test_missing_runs_are_named_not_rendered(demo, capsys):
 def test_dry_run_prints_the_sweeps_of_table_synthetic(capsys):
     assert tables.reproduce_main(["table_synthetic", "--dry-run"]) == 0
     assert capsys.readouterr().out == textwrap.dedent("""\
-        scoregeo run -m experiment=sphere seed=0,1,2
-        scoregeo run -m experiment=sphere dataset.ambient_dim=10 seed=0,1,2
-        scoregeo run -m experiment=circle seed=0,1,2
-        scoregeo run -m experiment=ellipse seed=0,1,2
+        scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=sphere dataset.ambient_dim=3,10,100 seed=0,1,2
+        scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=circle seed=0,1,2
+        scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=ellipse dataset.ambient_dim=2,10 seed=0,1,2
         """)
     assert tables.reproduce_main(["table_synthetic", "output_root=/tmp/x", "--seeds", "4", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
-        "scoregeo run -m experiment=sphere dataset.ambient_dim=10 seed=4 output_root=/tmp/x")
+        "scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' "
+        "experiment=circle seed=4 output_root=/tmp/x")
 
 
 def test_reproduce_passes_overrides_through_and_requires_user_paths(capsys):
@@ -202,7 +207,11 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
     out = tmp_path / "out"
     job = ["experiment=sd_morphbench", "seed=0", "score.pretrained=/w/sd21"]
     folder = recipes.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
-    assert folder == out / "sd_morphbench" / "score.pretrained=_w_sd21" / "seed=0"  # as `scoregeo run` names it
+    from scoregeo_cli.app import run_dirname
+
+    # as `scoregeo run` names it (a path in a value: slashes become underscores, plus a hash)
+    assert folder == out / "sd_morphbench" / run_dirname("score.pretrained=/w/sd21") / "seed=0"
+    assert folder.parent.name.startswith("score.pretrained=_w_sd21-")
     write_run(folder, {"geodesic": {"fid": 80.0}, "lerp": {"fid": 90.0}, "roundtrip": {"fid": 10.0}}, job)
     summary = yaml.safe_load((folder / "summary.json").read_text())
     summary["lerp"]["fid"]["n_nonfinite"] = 2  # two pairs gave NaN: flagged, not hidden
