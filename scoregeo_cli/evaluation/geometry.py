@@ -75,10 +75,12 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
     rows: list[dict] = []
     for name, result in results.items():
         path = result.path
-        energy = result.energy if result.energy is not None else metric.energy(path)
+        failed = getattr(result, "error", None) is not None  # a NaN path: NaN rows, no score evaluation
+        nan = torch.full((n_pairs,), float("nan"), dtype=a.dtype)
+        energy = nan if failed else result.energy if result.energy is not None else metric.energy(path)
         ratio = segment_length(path) / lengths
         off = manifold.distance(path).amax(dim=-1)
-        g_length = metric.length(path) if has_length else None
+        g_length = (nan if failed else metric.length(path)) if has_length else None
         for p in range(n_pairs):
             err = polyline_distance(path[p], truths[p])
             rows += [row(p, name, "geodesic_error_max", err.max()),

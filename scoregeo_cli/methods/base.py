@@ -55,6 +55,7 @@ class MethodPath:
     ext_seconds: float = 0.0
     energy: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    error: str | None = None  # why the method failed; its path is then NaN and its rows NaN
 
 
 class Method(ABC):
@@ -93,7 +94,10 @@ def run_methods(methods: dict[str, Method], ends: Endpoints, plan: Plan, generat
         result = method(ends, plan, generator)
         if result.seconds == 0.0:
             result.seconds = (time.perf_counter() - start) / len(ends.a)
-        check_finite(result.path, f"the {name} path", "level t" if result.at_level else "data space")
+        if result.error is not None:
+            print(f"{name} failed, its rows are recorded as NaN: {result.error}")
+        else:
+            check_finite(result.path, f"the {name} path", "level t" if result.at_level else "data space")
         if not plan.extrapolate:
             result.extrapolation = None
         out[name] = result

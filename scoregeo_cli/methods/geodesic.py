@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.errors import NonFiniteError, ScoregeoError
 from scoregeo_cli.geometry.shooting import end_tangent
 from scoregeo_cli.methods.base import Method, MethodPath, Plan
 from scoregeo_cli.spaces.base import Endpoints
@@ -51,8 +51,14 @@ class Geodesic(Method):
 
     def __call__(self, ends: Endpoints, plan: Plan, generator: torch.Generator) -> MethodPath:
         metric, solver = self.resolve(plan)
-        n_pairs = len(ends.a)
-        result = solver(metric, ends.a, ends.b)
+        n_pairs, evals0 = len(ends.a), metric.score.calls
+        try:
+            result = solver(metric, ends.a, ends.b)
+        except NonFiniteError as err:  # e.g. the conformal weights overflow at small t
+            nan = torch.full((n_pairs, plan.nodes, ends.a.shape[-1]), float("nan"), dtype=ends.a.dtype,
+                             device=ends.a.device)
+            return MethodPath(nan, None, score_evals=metric.score.calls - evals0,
+                              error=str(err))
         path = result.path.detach()
         self.report = (f"{result.score_evals} batched score evaluations, {result.iterations} iterations, "
                        f"{int(result.converged.sum())}/{n_pairs} converged, {result.seconds:.2f} s")

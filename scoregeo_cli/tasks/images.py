@@ -199,6 +199,12 @@ class ImageTask:
 
         rows = []
         for method, result in results.items():
+            if result.error is not None:  # a failed method: its rows say NaN, nothing is hidden
+                keys = (["psnr", "ssim"] if truth is not None else []) + ["lpips", *PATH_KEYS, "energy"]
+                rows += [row(p, method, key, float("nan")) for p in batch for key in keys]
+                rows += [row(p, method, key, value) for p in batch
+                         for key, value in (("score_evals", result.score_evals), ("seconds", result.seconds))]
+                continue
             if truth is not None:
                 per_frame = _framewise(frames[method][:, 1:-1], truth[:, 1:-1], net)
             energy = result.energy
@@ -260,6 +266,13 @@ def _orbit_rows(batch, dataset, space, results, frames, fractions, step: float) 
     rows = []
     for method, result in results.items():
         values = {}
+        if result.error is not None:
+            nan = torch.full((len(batch),), float("nan"))
+            values = {"angle_error": nan, "angle_error_max": nan}
+            if result.at_level:
+                values.update(orbit_distance_max=nan, orbit_excess_max=nan)
+            rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
+            continue
         if result.at_level:
             dist = torch.cdist(result.path.double(), level).amin(-1)  # (B, N)
             values["orbit_distance_max"] = dist[:, 1:-1].amax(-1)
