@@ -26,6 +26,7 @@ from hydra.core.global_hydra import GlobalHydra
 from scoregeo_cli.app import CONF_DIR
 from scoregeo_cli.methods.baselines import lerp
 from scoregeo_cli.build import instantiate
+from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.evaluation.geometry import truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
@@ -194,7 +195,13 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
     parser.add_argument("--normalize", default="none", choices=["none", "unit"],
                         help="metric.normalize of every problem (default: none, the raw score)")
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON results (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, fastest on a shared 2-core machine; 0: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        raise ScoregeoError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems, args.normalize)
     print(format_records(records))
     atomic_write_json(Path(args.out), records)

@@ -27,3 +27,13 @@ def compose_cfg(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def pytest_configure(config):
+    """Tests run torch on SCOREGEO_TEST_THREADS threads (default 1, as `scoregeo run` does:
+    on a shared 2-core machine one thread is fastest)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SCOREGEO_TEST_THREADS", "1")))
