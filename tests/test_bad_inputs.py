@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import invoke_cli
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
@@ -203,18 +204,8 @@ def _argv(setup, tmp: Path, monkeypatch) -> list[str]:
 
 
 def run_in_process(argv: list[str], monkeypatch, capsys) -> tuple[int, str]:
-    from scoregeo_cli.cli import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+    code, _, err = invoke_cli(argv, monkeypatch, capsys)
+    return code, err
 
 
 def run_process(argv: list[str], cwd: Path) -> tuple[int, str]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from helpers import invoke_cli
 import torch
-from hydra.core.global_hydra import GlobalHydra
 
 from scoregeo_cli.cache import Cache, digest
 
@@ -81,14 +80,7 @@ def test_denoised_groups_come_back_bit_identical_and_follow_the_weights(tmp_path
 
 
 def _run(argv, monkeypatch):
-    from scoregeo_cli.cli import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    try:
-        assert main(argv) == 0
-    finally:
-        GlobalHydra.instance().clear()
+    assert invoke_cli(argv, monkeypatch)[0] == 0
 
 
 @pytest.mark.slow

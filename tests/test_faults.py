@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra.core.global_hydra import GlobalHydra
+from helpers import invoke_cli
 
 from scoregeo_cli.reporting import results
 
@@ -57,19 +57,7 @@ def stamps(runs: dict[str, Path]) -> dict[str, tuple[int, int, int]]:
 
 def cli(argv: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
     """``scoregeo <argv>`` in this process: (exit code, stdout, stderr)."""
-    from scoregeo_cli.cli import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    capsys.readouterr()
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return invoke_cli(argv, monkeypatch, capsys)
 
 
 def start(argv: list[str], cwd: Path, log: Path) -> subprocess.Popen:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import invoke_cli
 
 from scoregeo_cli.tasks.noise import NoiseDiagnosticsTask
 from scoregeo_cli.tasks.synthetic import SyntheticTask
@@ -93,21 +94,9 @@ def test_run_folder_names_stay_flat_short_and_unique():
 
 
 def _cli(argv, monkeypatch, capsys):
-    from hydra.core.global_hydra import GlobalHydra
-
-    from scoregeo_cli.cli import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    try:
-        code = main(argv)
-    except SystemExit as stop:
-        code = stop.code
-    finally:
-        GlobalHydra.instance().clear()
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return out.out
+    code, out, err = invoke_cli(argv, monkeypatch, capsys)
+    assert code == 0, err
+    return out
 
 
 def test_paths_that_differ_only_in_slashes_get_their_own_runs(tmp_path, monkeypatch, capsys):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import invoke_cli
 import torch
-from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from scoregeo_cli.methods.baselines import lerp, slerp
@@ -279,23 +279,15 @@ def test_endpoints_share_the_noise_or_come_from_ddim_inversion(score):
 # -- end to end -------------------------------------------------------------------------
 
 def run_cli(argv: list[str], monkeypatch) -> None:
-    from scoregeo_cli.cli import main
-
-    GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
-    try:
-        assert main(argv) == 0
-    finally:
-        GlobalHydra.instance().clear()
+    assert invoke_cli(argv, monkeypatch)[0] == 0
 
 
 def test_cli_reports_missing_weights_before_any_work(tmp_path, monkeypatch, capsys):
     pairs = make_image_pairs(tmp_path / "pairs")
-    with pytest.raises(SystemExit) as stop:
-        run_cli(["run", "experiment=sd_morphbench", f"score.pretrained={tmp_path}/nothing",
-                 f"dataset.root={pairs}", f"hydra.run.dir={tmp_path}/run"], monkeypatch)
-    assert stop.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    code, _, err = invoke_cli(["run", "experiment=sd_morphbench", f"score.pretrained={tmp_path}/nothing",
+                               f"dataset.root={pairs}", f"hydra.run.dir={tmp_path}/run"], monkeypatch, capsys)
+    assert code == 2
+    err = err.strip().splitlines()
     assert err[-1].startswith(f"scoregeo: error: score.pretrained={tmp_path}/nothing does not exist")
     assert not (tmp_path / "run" / "strips").exists()
 
