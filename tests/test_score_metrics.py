@@ -152,3 +152,14 @@ def test_oracle_geodesic_stays_closer_to_the_orbit_than_lerp():
             _orbit_rows([0], data, space, results, frames, torch.linspace(0, 1, 6, dtype=torch.float64), 0.5)}
     assert rows["geodesic", "orbit_excess_max"] < 0.7 * rows["lerp", "orbit_excess_max"]
     assert rows["geodesic", "angle_error"] < rows["lerp", "angle_error"] - 2.0  # degrees
+
+
+@pytest.mark.parametrize("metric", ["pullback", "conformal", "euclidean"])
+def test_fixed_point_refuses_a_metric_it_cannot_minimise_before_any_work(metric, tmp_path, monkeypatch, capsys):
+    from helpers import invoke_cli
+
+    code, _, err = invoke_cli(["run", "experiment=sphere", f"metric={metric}", "solver=fixed_point",
+                               f"output_root={tmp_path}", "eval.figure=false"], monkeypatch, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "solver FixedPointSolver needs a metric with evaluate" in lines[0]
+    assert not list(tmp_path.rglob("DONE"))

@@ -151,6 +151,9 @@ def frozen_metric_step(path: torch.Tensor, factors: torch.Tensor) -> torch.Tenso
 class FixedPointSolver:
     """Alternate the frozen-metric closed-form step with re-evaluating the scores.
 
+    It needs the low-rank structure of the Stein metric (``evaluate``); with any other metric
+    the run refuses at start-up (``methods.geodesic.check_solver``).
+
     Each iteration costs one batched score evaluation. A pair's step is accepted when the
     true energy does not rise; otherwise its step length halves (and doubles again, up to 1,
     after an accepted step). A pair has converged when the full fixed-point step moves no
@@ -174,6 +177,8 @@ class FixedPointSolver:
         min_step: smallest damping factor before giving up on a pair.
         gtol: relative gradient-norm tolerance of ``converged`` (> 0).
     """
+
+    needs = ("evaluate",)  # metric methods it relies on
 
     def __init__(self, nodes: int = 16, max_evals: int = 50, tol: float = 1e-4, min_step: float = 1e-3,
                  gtol: float = 1e-5):
