@@ -107,6 +107,7 @@ class ImageTask:
         cache = Cache(Path(cfg.output_root) / ".cache", enabled=bool(cfg.get("cache", True)))
         fid = _SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, cache) if ev.fid else None
         fractions = torch.linspace(0, 1, n_nodes, dtype=torch.float64)
+        memo = _Memo(cache, getattr(space, "fingerprint", lambda: None)(), metric, ev.lpips_net)
         rows: list[dict] = []
         strips_left = n_pairs if ev.get("strips") is None else int(ev.strips)
         batch_size = self.pair_batch or n_pairs
@@ -120,7 +121,8 @@ class ImageTask:
             truth = dataset.truth(batch, fractions)
             truth_ext = dataset.truth(batch, 1 + plan.tau) if plan.extrapolate else None
             start_metrics = time.perf_counter()
-            rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, ev.lpips_net)
+            rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext,
+                                    ev.lpips_net, memo)
             if hasattr(dataset, "orbit"):
                 rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
             if truth is not None and denoised_ends is not None:
@@ -194,9 +196,13 @@ class ImageTask:
         return frames, frames_ext, (images["ends", ""] if hasattr(space, "denoise") else None)
 
     @staticmethod
-    def _pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, net) -> list[dict]:
-        from scoregeo_cli.evaluation.path import consecutive_lpips, path_metrics
+    def _pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, net,
+                   memo=None) -> list[dict]:
+        """Rows of every method for the pairs of ``batch``. ``memo`` (a ``_Memo``) reuses frame
+        metrics and energies computed before on exactly the same inputs."""
+        from scoregeo_cli.evaluation.path import path_metrics
 
+        memo = memo or _Memo(None, None, metric, net)
         rows = []
         for method, result in results.items():
             if result.error is not None:  # a failed method: its rows say NaN, nothing is hidden
@@ -206,18 +212,19 @@ class ImageTask:
                          for key, value in (("score_evals", result.score_evals), ("seconds", result.seconds))]
                 continue
             if truth is not None:
-                per_frame = _framewise(frames[method][:, 1:-1], truth[:, 1:-1], net)
+                per_frame = memo.framewise(frames[method][:, 1:-1], truth[:, 1:-1])
             energy = result.energy
             if energy is None and result.at_level:
-                with torch.no_grad():
-                    energy = metric.energy(result.path)
+                energy = memo.energy(result.path)
+            consecutive = memo.consecutive(frames[method])
             ext = frames_ext.get(method)
             ext_ok = ext is not None and truth_ext is not None and bool(torch.isfinite(ext).all())
+            consecutive_ext = memo.consecutive(ext) if ext_ok else None
             if ext is not None and truth_ext is not None:
-                per_frame_ext = _framewise(ext[:, 1:], truth_ext[:, 1:], net) if ext_ok else \
+                per_frame_ext = memo.framewise(ext[:, 1:], truth_ext[:, 1:]) if ext_ok else \
                     {k: torch.full(ext[:, 1:].shape[:2], float("nan")) for k in ("psnr", "ssim", "lpips")}
             for k, p in enumerate(batch):
-                d = consecutive_lpips(frames[method][k], net=net).cpu()
+                d = consecutive[k]
                 values = {k_: float(v[k].mean()) for k_, v in per_frame.items()} if truth is not None \
                     else {"lpips": float(d.mean())}
                 values.update(path_metrics(d))
@@ -227,7 +234,7 @@ class ImageTask:
                 values.update({key: float(v[k]) for key, v in result.extra.items()})
                 if ext is not None and truth_ext is not None:
                     values.update({f"extrapolation_{k_}": float(v[k].mean()) for k_, v in per_frame_ext.items()})
-                    ext_path = path_metrics(consecutive_lpips(ext[k], net=net).cpu()) if ext_ok else \
+                    ext_path = path_metrics(consecutive_ext[k]) if ext_ok else \
                         dict.fromkeys(PATH_KEYS, float("nan"))
                     values.update({f"extrapolation_{k_}": v for k_, v in ext_path.items()})
                     values.update({"extrapolation_score_evals": result.ext_score_evals,
@@ -284,6 +291,49 @@ def _orbit_rows(batch, dataset, space, results, frames, fractions, step: float) 
         values["angle_error"], values["angle_error_max"] = err.mean(-1), err.amax(-1)
         rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
     return rows
+
+
+class _Memo:
+    """Frame metrics and path energies through the cache: the baselines' frames and paths do not
+    change when a solver or metric is swept. Keys hold the exact frames (and truth) or path, the
+    LPIPS weights by value, and for energies the metric's parameters and the space's fingerprint
+    (no energy caching when the space has none)."""
+
+    def __init__(self, cache, space_fingerprint: str | None, metric, net: str):
+        self.cache = cache if cache is not None and cache.root is not None else None
+        self.metric, self.net = metric, net
+        self.lpips = ""
+        self.metric_id = None
+        if self.cache is not None:
+            from scoregeo_cli import weights
+
+            self.lpips = file_digest(weights.require_lpips(net))
+            if space_fingerprint is not None:
+                params = sorted((k, v) for k, v in vars(metric).items() if isinstance(v, (int, float, str, bool)))
+                self.metric_id = digest(type(metric).__name__, params, space_fingerprint)
+
+    def _get(self, kind: str, parts: list, compute):
+        if self.cache is None:
+            return compute()
+        return self.cache.get(kind, digest(kind, *parts), compute)
+
+    def framewise(self, frames: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
+        stacked = self._get("framewise", [self.lpips, self.net, frames, truth], lambda: torch.stack(
+            [v.double().cpu() for v in _framewise(frames, truth, self.net).values()]))
+        return dict(zip(("psnr", "ssim", "lpips"), stacked))
+
+    def consecutive(self, frames: torch.Tensor) -> torch.Tensor:
+        """LPIPS between consecutive frames, (P, F-1), for frames (P, F, C, H, W)."""
+        from scoregeo_cli.evaluation.path import consecutive_lpips
+
+        return self._get("consecutive", [self.lpips, self.net, frames], lambda: torch.stack(
+            [consecutive_lpips(f, net=self.net).double().cpu() for f in frames]))
+
+    @torch.no_grad()
+    def energy(self, path: torch.Tensor) -> torch.Tensor:
+        if self.metric_id is None:
+            return self.metric.energy(path)
+        return self._get("energy", [self.metric_id, path], lambda: self.metric.energy(path).cpu())
 
 
 def _framewise(frames: torch.Tensor, truth: torch.Tensor, net: str) -> dict[str, torch.Tensor]:
