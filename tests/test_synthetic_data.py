@@ -57,3 +57,24 @@ def test_curve_distance_of_points_off_its_plane():
     x = circle.embed(torch.tensor([0.7], dtype=torch.float64)) * 1.2 + 0.5 * normal
     # in-plane offset 0.2 from the circle, 0.5 off the plane
     assert abs(float(circle.distance(x)) - math.hypot(0.2, 0.5)) < 1e-9
+
+
+def test_ellipse_in_r10_geodesic_is_the_shorter_arc_with_its_exact_length():
+    """Ground truth of the ellipse embedded isometrically in R^10 (codimension 9, curvature
+    varying from b/a^2 to a/b^2): its geodesic between two points is the shorter arc, whose
+    length is the elliptic integral of |phi'(t)| = sqrt(a^2 sin^2 t + b^2 cos^2 t)."""
+    from scipy.integrate import quad
+
+    a_ax, b_ax = 1.5, 0.75
+    ellipse = PlaneCurve((a_ax, b_ax), ambient_dim=10, centre_offset=0.3, seed=2)
+    speed = lambda t: math.sqrt((a_ax * math.sin(t)) ** 2 + (b_ax * math.cos(t)) ** 2)  # noqa: E731
+    for t0, t1 in ((0.2, 1.9), (0.4, 0.4 + math.radians(250)), (2.8, 4.1)):
+        p, q = (ellipse.embed(torch.tensor(t, dtype=torch.float64)) for t in (t0, t1))
+        forward = quad(speed, t0, t1, limit=200)[0]
+        backward = quad(speed, t1, t0 + 2 * math.pi, limit=200)[0]
+        assert abs(ellipse.geodesic_length(p, q) - min(forward, backward)) < 1e-5
+        geo = ellipse.geodesic(p, q, 801)
+        assert torch.allclose(geo[0], p, atol=1e-9) and torch.allclose(geo[-1], q, atol=1e-9)
+        assert float(ellipse.distance(geo).max()) < 1e-8  # every point on the curve
+        length = float((geo[1:] - geo[:-1]).norm(dim=-1).sum())
+        assert abs(length - min(forward, backward)) < 1e-4
