@@ -163,3 +163,12 @@ def test_fixed_point_refuses_a_metric_it_cannot_minimise_before_any_work(metric,
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "solver FixedPointSolver needs a metric with evaluate" in lines[0]
     assert not list(tmp_path.rglob("DONE"))
+
+
+def test_euclidean_energy_by_hand():
+    # nodes (0,0), (1,0), (1,2): N = 2 segments, E = N/2 (|v1|^2 + |v2|^2) = 1 * (1 + 4) = 5
+    path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)
+    metric = EuclideanMetric(Nonlinear(2))
+    assert float(metric.energy(path)[0]) == pytest.approx(5.0, rel=1e-12)
+    assert float(metric.length(path)[0]) == pytest.approx(3.0, rel=1e-12)
+    assert torch.equal(metric.acceleration(path[0], path[0]), torch.zeros(3, 2, dtype=torch.float64))
