@@ -5,7 +5,8 @@ with ``--normalize``). For each problem and solver: batched score evaluations (f
 passes) and vector-Jacobian products through the score, forward-equivalents (``fwd_eq``:
 points scored forward plus points differentiated backward times the measured cost of a VJP
 relative to a forward, in units of one batched forward at the metric's quadrature points of
-all paths), wall time, the share of wall time spent outside the score's forward passes,
+all paths), wall time, the share of wall time spent outside the score's forward passes
+(``bwd+ovh``: backward passes through the network plus the solver's own work),
 final curve energy, the true gradient norm relative to the start (``grad_rel``), the
 continuous g-length, ground-truth error (the great circle / the true rotation), on the
 sphere the distance to the metric's own geodesic (``geometry.truth``), and the ratios to
@@ -167,7 +168,7 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
 def format_records(records: list[dict]) -> str:
     nan = float("nan")
     head = (f"{'solver':<15} {'evals':>6} {'vjps':>5} {'fwd_eq':>8} {'x ref':>7} {'seconds':>8} {'x ref':>7} "
-            f"{'outside':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} {'error_max':>10} "
+            f"{'bwd+ovh':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} {'error_max':>10} "
             f"{'metric_err':>10}")
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in records):
