@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-COLORS = {"geodesic": "tab:red", "lerp": "tab:blue", "slerp": "tab:green"}
+COLORS = {"geodesic": "tab:red", "geodesic_unit": "tab:purple", "geodesic_pullback": "tab:orange",
+          "geodesic_conformal": "tab:brown", "lerp": "tab:blue", "slerp": "tab:green"}
 
 
 def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict, extrapolated: dict,
