@@ -213,14 +213,20 @@ def test_failed_write_leaves_nothing_that_looks_complete(fails, tmp_path, monkey
 
 # ---------------------------------------------------------------------------- same seed twice
 
-def test_same_seed_twice_same_summary_synthetic(tmp_path, monkeypatch, capsys):
-    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", "seed=3"]
+def run_twice(args: list[str], tmp_path, monkeypatch, capsys) -> list:
+    """The summary.json of the same run made twice, in two output roots."""
     summaries = []
     for k in range(2):
         code, _, err = cli([*args, f"output_root={tmp_path}/{k}"], monkeypatch, capsys)
         assert code == 0, err
         (run,) = finished(tmp_path / str(k)).values()
         summaries.append(run / "summary.json")
+    return summaries
+
+
+def test_same_seed_twice_same_summary_synthetic(tmp_path, monkeypatch, capsys):
+    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", "seed=3"]
+    summaries = run_twice(args, tmp_path, monkeypatch, capsys)
     assert comparable(summaries[0]) == comparable(summaries[1])
     # and the metric rows are byte-identical once their wall-clock values are set aside
     rows = [[r for r in (s.parent / "metrics.jsonl").read_text().splitlines() if '"seconds"' not in r]
@@ -232,10 +238,5 @@ def test_same_seed_twice_same_summary_synthetic(tmp_path, monkeypatch, capsys):
 def test_same_seed_twice_same_summary_rotated_digits(tmp_path, monkeypatch, capsys):
     args = ["run", "experiment=rotated_mnist", "n_pairs=2", "solver.nodes=5", "eval.fid=false",
             "space.ddim_steps=2"]
-    summaries = []
-    for k in range(2):
-        code, _, err = cli([*args, f"output_root={tmp_path}/{k}"], monkeypatch, capsys)
-        assert code == 0, err
-        (run,) = finished(tmp_path / str(k)).values()
-        summaries.append(run / "summary.json")
+    summaries = run_twice(args, tmp_path, monkeypatch, capsys)
     assert comparable(summaries[0]) == comparable(summaries[1])
