@@ -44,7 +44,8 @@ def digest(*parts) -> str:
 def _update_tensor(h, tensor: torch.Tensor) -> None:
     t = tensor.detach().cpu().contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if t.numel():  # the bytes as a buffer, no copy (weights of a large model are hashed in place)
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
 
 
 def file_digest(path: str | os.PathLike) -> str:

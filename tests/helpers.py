@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from hydra.core.global_hydra import GlobalHydra
+
+from scoregeo_cli.scores.base import ScoreField
+
+
+class TanhField(ScoreField):
+    """A non-conservative field u(x) = tanh(A x + c): its Jacobian is not symmetric."""
+
+    def __init__(self, a: torch.Tensor, c: torch.Tensor):
+        super().__init__(a.shape[0])
+        self.a, self.c = a, c
+
+    def _score(self, x):
+        return torch.tanh(x @ self.a.T + self.c)
 
 
 def invoke_cli(argv: list[str], monkeypatch, capsys=None) -> tuple[int, str, str]:

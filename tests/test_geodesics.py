@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import TanhField
 
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.errors import NonFiniteError, ScoregeoError
@@ -162,17 +163,6 @@ def test_shooting_follows_the_great_circle_beyond_b():
 def test_bad_values_are_rejected_with_one_sentence(make, message):
     with pytest.raises(ScoregeoError, match=message):
         make()
-
-
-class TanhField(ScoreField):
-    """A non-conservative field u(x) = tanh(A x + c): its Jacobian is not symmetric."""
-
-    def __init__(self, a, c):
-        super().__init__(a.shape[0])
-        self.a, self.c = a, c
-
-    def _score(self, x):
-        return torch.tanh(x @ self.a.T + self.c)
 
 
 @pytest.mark.parametrize("normalize", ["none", "unit"])

@@ -172,3 +172,20 @@ def test_euclidean_energy_by_hand():
     assert float(metric.energy(path)[0]) == pytest.approx(5.0, rel=1e-12)
     assert float(metric.length(path)[0]) == pytest.approx(3.0, rel=1e-12)
     assert torch.equal(metric.acceleration(path[0], path[0]), torch.zeros(3, 2, dtype=torch.float64))
+
+
+def test_conformal_acceleration_matches_euler_lagrange():
+    """For s = -A x (log p = -x^T A x / 2, A symmetric) the conformal metric is e^phi I with
+    phi = beta x^T A x / 2; x'' from the Euler-Lagrange equations of L = e^phi |v|^2 / 2, by
+    autograd: e^phi (x'' + (grad phi . v) v) = 1/2 e^phi |v|^2 grad phi."""
+    g = torch.Generator().manual_seed(5)
+    m = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    A = m @ m.T / 4 + torch.eye(4, dtype=torch.float64)
+    beta = 0.7
+    metric = ConformalMetric(Linear(-A), beta=beta)
+    x, v = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    xr = x.clone().requires_grad_(True)
+    phi = beta * 0.5 * torch.einsum("bi,ij,bj->b", xr, A, xr)
+    (grad_phi,) = torch.autograd.grad(phi.sum(), xr)
+    expected = -(grad_phi * v).sum(-1, keepdim=True) * v + 0.5 * (v * v).sum(-1, keepdim=True) * grad_phi
+    torch.testing.assert_close(metric.acceleration(x, v), expected, rtol=1e-12, atol=1e-12)

@@ -2,23 +2,12 @@
 
 import pytest
 import torch
+from helpers import TanhField
 
 from scoregeo_cli.data.synthetic import Sphere
 from scoregeo_cli.geometry.metrics import SteinMetric
 from scoregeo_cli.geometry.solvers import (FixedPointSolver, GaussNewtonSolver, OptimizerSolver,
                                            gauss_newton_step, gradient_norm, straight_path)
-from scoregeo_cli.scores.base import ScoreField
-
-
-class TanhField(ScoreField):
-    """u(x) = tanh(A x + c): a smooth field with a non-symmetric Jacobian."""
-
-    def __init__(self, a, c):
-        super().__init__(a.shape[0])
-        self.a, self.c = a, c
-
-    def _score(self, x):
-        return torch.tanh(x @ self.a.T + self.c)
 
 
 def residuals(metric, path, frozen_u=None):
