@@ -29,7 +29,7 @@ from scoregeo_cli.methods.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
-from scoregeo_cli.evaluation.geometry import truth_rows
+from scoregeo_cli.evaluation.geometry import TruthReference, truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.reporting.results import atomic_write_json
 
@@ -80,9 +80,10 @@ def sphere_problem(pairs: int, seed: int, normalize: str = "none"):
     a, b = sphere.pairs(pairs, torch.Generator().manual_seed(seed))
     metric = metric_from_config(sphere.exact_score(0.15), normalize)
     truths = [manifold_metric_geodesic(sphere, metric, a[p], b[p]) for p in range(pairs)]
+    references = [TruthReference(t, 2049) for t in truths]
 
     def error(path: torch.Tensor) -> dict:
-        rows = [truth_rows(truths[p], "", p, path[p], 2049) for p in range(pairs)]
+        rows = [truth_rows(references[p], "", p, path[p]) for p in range(pairs)]
         return {"error_max": max(float(polyline_distance(path[p], sphere.geodesic(a[p], b[p])).max())
                                  for p in range(pairs)),
                 "metric_error_max": max(r[0]["value"] for r in rows),

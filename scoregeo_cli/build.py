@@ -95,15 +95,20 @@ def check_value(key: str, value, words: list[str]) -> None:
 
 
 def _target_parameters(target: str, key: str):
+    if target in _PARAMETERS:
+        return _PARAMETERS[target]
     try:
         obj = get_object(target)
     except Exception as err:  # noqa: BLE001  (a target that does not import)
         raise ScoregeoError(f"{key}._target_ '{target}' cannot be imported: {str(err).splitlines()[0]}") from None
     try:
-        signature = inspect.signature(obj)
+        _PARAMETERS[target] = inspect.signature(obj).parameters
     except (TypeError, ValueError):
-        return None
-    return signature.parameters
+        _PARAMETERS[target] = None
+    return _PARAMETERS[target]
+
+
+_PARAMETERS: dict = {}  # target -> its signature's parameters (None: no signature); a sweep's jobs share it
 
 
 def check_node(node, key: str) -> None:

@@ -4,7 +4,33 @@ import math
 
 import torch
 
-from scoregeo_cli.data.synthetic import PlaneCurve, Sphere
+import pytest
+
+from scoregeo_cli.data.synthetic import PlaneCurve, Sphere, polyline_project
+
+
+def _project_on_every_segment(points, polyline):
+    """The nearest point of a polyline by projecting every point on every segment."""
+    start, seg = polyline[:-1], polyline[1:] - polyline[:-1]
+    t = (((points[:, None] - start) * seg).sum(-1) / (seg * seg).sum(-1)).clamp(0, 1)
+    feet = start + t[..., None] * seg
+    return feet[torch.arange(len(points)), (points[:, None] - feet).norm(dim=-1).argmin(1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_polyline_projection_equals_a_search_over_every_segment(dtype):
+    g = torch.Generator().manual_seed(0)
+    arc = torch.linspace(0, 2.5, 2049, dtype=dtype)
+    curves = [torch.stack([arc.cos(), arc.sin(), 0 * arc], 1),  # dense arc
+              torch.randn(40, 3, generator=g, dtype=dtype),     # a tangled polyline
+              torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]], dtype=dtype)]  # ties
+    for curve in curves:
+        for scale in (1e-7, 1e-3, 0.3, 3.0):
+            points = curve[torch.randint(0, len(curve), (30,), generator=g)]
+            points = points + scale * torch.randn(points.shape, generator=g, dtype=dtype)
+            assert torch.equal(polyline_project(points, curve), _project_on_every_segment(points, curve))
+    on_vertex = torch.tensor([[1.0, 0.5, 0.0]], dtype=dtype)  # equally near both segments: the first
+    assert torch.equal(polyline_project(on_vertex, curves[2]), torch.tensor([[1.0, 0, 0]], dtype=dtype))
 
 
 def test_sphere_pairs_lie_on_the_sphere_at_the_requested_angle():

@@ -32,13 +32,26 @@ def random_direction(dim: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def polyline_project(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tensor:
-    """Nearest point of a polyline (K, D) to each point (M, D) -> (M, D)."""
+    """Nearest point of a polyline (K, D) to each point (M, D) -> (M, D).
+
+    Exact, without projecting every point on every segment: a segment of length L whose
+    endpoints lie at d0 and d1 from x has no point nearer to x than min(d0, d1) - L/2, so
+    only segments with that bound below x's distance to its nearest vertex are candidates
+    (a few per point for a densely sampled curve)."""
     start, seg = polyline[:-1], polyline[1:] - polyline[:-1]  # (K-1, D)
-    rel = points[:, None, :] - start[None]  # (M, K-1, D)
-    t = ((rel * seg).sum(-1) / (seg * seg).sum(-1).clamp_min(1e-300)).clamp(0, 1)
-    nearest = start[None] + t[..., None] * seg  # (M, K-1, D)
-    idx = (points[:, None, :] - nearest).norm(dim=-1).argmin(dim=1)
-    return nearest[torch.arange(points.shape[0]), idx]
+    to_vertex = torch.cdist(points, polyline, compute_mode="donot_use_mm_for_euclid_dist")  # (M, K)
+    bound = torch.minimum(to_vertex[:, :-1], to_vertex[:, 1:]) - seg.norm(dim=-1) / 2
+    nearest_vertex = to_vertex.min(dim=1).values
+    slack = 1e-9 * (1 + nearest_vertex)  # rounding of the bound
+    m, k = torch.nonzero(bound <= (nearest_vertex + slack)[:, None], as_tuple=True)
+    rel = points[m] - start[k]
+    t = ((rel * seg[k]).sum(-1) / (seg[k] * seg[k]).sum(-1).clamp_min(1e-300)).clamp(0, 1)
+    foot = start[k] + t[:, None] * seg[k]  # (C, D): feet on the candidate segments
+    dist = (points[m] - foot).norm(dim=-1)
+    best = torch.full((points.shape[0],), float("inf"), dtype=dist.dtype).scatter_reduce(0, m, dist, "amin")
+    tied = torch.nonzero(dist == best[m], as_tuple=True)[0]
+    first = torch.full_like(best, len(m), dtype=torch.long).scatter_reduce(0, m[tied], tied, "amin")
+    return foot[first]  # ties: the first segment, as a full search's argmin
 
 
 def polyline_distance(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 
 from scoregeo_cli.data.synthetic import polyline_distance
 from scoregeo_cli.geometry.shooting import end_tangent
-from scoregeo_cli.geometry.truth import manifold_metric_geodesic
+from scoregeo_cli.geometry.truth import continue_together, manifold_metric_geodesic
 from scoregeo_cli.reporting.results import row
 
 
@@ -47,20 +47,34 @@ def _metric_truths(manifold, metric, a, b):
     return truths
 
 
-def truth_rows(truth, name: str, p: int, path: torch.Tensor, points: int) -> list[dict]:
-    """Rows of one pair's path against the metric's own geodesic ``truth``."""
-    if truth is False:
+class TruthReference:
+    """One pair's metric geodesic, sampled once for every path compared with it: ``points``
+    dense samples and the points at t = j/(N-1) for each node count N, in the coordinates
+    the symmetries fixing a and b do not change."""
+
+    def __init__(self, truth, points: int):
+        self.truth = truth
+        self.dense = torch.from_numpy(truth.invariant(truth.at(np.linspace(0, 1, points))))
+        self._at_nodes: dict[int, torch.Tensor] = {}
+
+    def at_nodes(self, n: int) -> torch.Tensor:
+        if n not in self._at_nodes:
+            self._at_nodes[n] = torch.from_numpy(self.truth.invariant(self.truth.at(np.linspace(0, 1, n))))
+        return self._at_nodes[n]
+
+
+def truth_rows(reference: TruthReference | bool, name: str, p: int, path: torch.Tensor) -> list[dict]:
+    """Rows of one pair's path against the metric's own geodesic (False: none was found)."""
+    if reference is False:
         nan = float("nan")
         return [row(p, name, k, nan) for k in ("metric_geodesic_error_max", "metric_geodesic_error_mean",
                                                "metric_geodesic_pointwise_max")]
     x = path.detach().double().cpu().numpy()
-    inv = torch.from_numpy(truth.invariant(x))
-    dense = torch.from_numpy(truth.invariant(truth.at(np.linspace(0, 1, points))))
-    err = polyline_distance(inv, dense)
-    at_nodes = torch.from_numpy(truth.invariant(truth.at(np.linspace(0, 1, x.shape[0]))))
+    inv = torch.from_numpy(reference.truth.invariant(x))
+    err = polyline_distance(inv, reference.dense)
     return [row(p, name, "metric_geodesic_error_max", err.max()),
             row(p, name, "metric_geodesic_error_mean", err.mean()),
-            row(p, name, "metric_geodesic_pointwise_max", (inv - at_nodes).norm(dim=-1).max())]
+            row(p, name, "metric_geodesic_pointwise_max", (inv - reference.at_nodes(x.shape[0])).norm(dim=-1).max())]
 
 
 @torch.no_grad()
@@ -83,6 +97,7 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
             print(f"pair {p}: the metric's geodesic from solve_bvp (g-length {truth.length:.5g}) is longer than "
                   f"a returned path ({shortest:.5g}); its rows are NaN")
             metric_truths[p] = False
+    references = [t if t in (None, False) else TruthReference(t, points) for t in metric_truths]
     rows: list[dict] = []
     for name, result in results.items():
         path = result.path
@@ -103,27 +118,33 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
             if g_length is not None:
                 rows.append(row(p, name, "g_length", g_length[p]))
             if metric_truths[p] is not None:
-                rows += truth_rows(metric_truths[p], name, p, path[p], points)
+                rows += truth_rows(references[p], name, p, path[p])
                 if g_length is not None:
                     truth_length = metric_truths[p].length if metric_truths[p] is not False else float("nan")
                     rows.append(row(p, name, "g_length_ratio", g_length[p] / truth_length))
+    continuations: dict = {}  # per pair: the manifold geodesic past b; the metric geodesic at 1 + tau
+    if any(result.extrapolation is not None for result in results.values()):
+        continue_together(metric_truths, 1 + duration)
     for name, result in results.items():
         if result.extrapolation is None:
             continue
         ext = result.extrapolation
         taus = 1 + np.linspace(0, duration, ext.shape[1])
         for p in range(n_pairs):
-            truth = manifold.continuation(a[p], b[p], 2 * duration, points)
+            if p not in continuations:
+                continuations[p] = manifold.continuation(a[p], b[p], 2 * duration, points)
             rows.append(row(p, name, "extrapolation_error_max",
-                            polyline_distance(ext[p], truth).max()))
+                            polyline_distance(ext[p], continuations[p]).max()))
             geo = metric_truths[p]
             if geo is None:
                 continue
             if geo is False:
                 pointwise, velocity = torch.full((ext.shape[1],), float("nan")), float("nan")
             else:
+                if (p, len(taus)) not in continuations:
+                    continuations[p, len(taus)] = torch.from_numpy(geo.invariant(geo.at(taus)))
                 inv = torch.from_numpy(geo.invariant(ext[p].double().cpu().numpy()))
-                pointwise = (inv - torch.from_numpy(geo.invariant(geo.at(taus)))).norm(dim=-1)
+                pointwise = (inv - continuations[p, len(taus)]).norm(dim=-1)
                 v_true = torch.from_numpy(geo.invariant(geo.velocity([1.0]), vectors=True)[0])
                 v_path = torch.from_numpy(geo.invariant(
                     end_tangent(result.path[p:p + 1].double().cpu()).numpy(), vectors=True)[0])

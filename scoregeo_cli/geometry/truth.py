@@ -20,6 +20,11 @@ inwards and bent towards e3 or w (branches that break the symmetry; with codimen
 branch is the shorter). ``MetricGeodesic`` keeps the shortest solution; its parameter t is
 proportional to g-arc length (t in [0, 1] from a to b), and it continues past b by
 integrating the same equation.
+
+Tolerances: ``solve_bvp`` at tol 1e-7 and the continuation (DOP853) at rtol 1e-10 agree with
+solutions at tol 1e-8 and rtol 1e-12 to within 2e-9 (S^2 in R^3) and 4e-8 (R^10, past b) on
+eight pairs at lambda 100 and 1000: far below the smallest distances the evaluation reports
+(about 5e-7).
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ def _bessel_ratio(nu: float, k: np.ndarray) -> np.ndarray:
     return ive(nu + 1, k) / ive(nu, k)
 
 
+_RTOL, _ATOL = 1e-10, 1e-12  # the continuation past b (see the tolerances above)
+
+
 class ReducedSphereMetric:
     """g = I + lam u u^T on the reduced coordinates z (m = 2..4 of them: the plane, then e3
     and w when present), with the closed-form score and Jacobian."""
@@ -49,6 +57,10 @@ class ReducedSphereMetric:
         self.normalize, self.m = normalize, dims
         self.in_v = np.array([1.0, 1.0, 1.0, 0.0][:dims]) if dims == 4 else np.ones(dims)
 
+    def key(self) -> tuple:
+        """What defines the equation: metrics with equal keys share one right-hand side."""
+        return (self.r, self.var, self.nu, self.lam, self.normalize, self.m, tuple(self.in_v))
+
     def with_w(self, has_w: bool):
         """Mark the last coordinate as the direction orthogonal to V."""
         self.in_v = np.ones(self.m)
@@ -56,46 +68,50 @@ class ReducedSphereMetric:
             self.in_v[-1] = 0.0
         return self
 
-    def field(self, z: np.ndarray):
-        """u and J_u at points z (m, n) -> (m, n), (m, m, n)."""
+    def field(self, z: np.ndarray, v: np.ndarray | None = None):
+        """u at points z (m, n); with directions v (m, n) also J_u v and J_u^T v (m, n)."""
         with np.errstate(all="ignore"):  # trial meshes of solve_bvp may pass through the centre
-            return self._field(z)
+            return self._field(z, v)
 
-    def _field(self, z: np.ndarray):
+    def _field(self, z: np.ndarray, v: np.ndarray | None):
+        # s = -z / var + h(rho) pv with pv the part of z in V: its Jacobian
+        # J = -I / var + h diag(in_v) + (h'(rho) / rho) pv pv^T is symmetric and is only
+        # applied to vectors, never formed
         pv = z * self.in_v[:, None]
-        rho = np.maximum(np.linalg.norm(pv, axis=0), 1e-300)
+        rho = np.maximum(np.sqrt((pv * pv).sum(0)), 1e-300)
         kappa = self.r * rho / self.var
         ratio = _bessel_ratio(self.nu, kappa)
         h = self.r * ratio / (rho * self.var)
-        dratio = 1 - ratio**2 - (2 * self.nu + 1) * ratio / np.maximum(kappa, 1e-300)
-        dh = self.r / self.var * (dratio * self.r / self.var / rho - ratio / rho**2)  # dh/drho
         s = -z / self.var + h * pv
-        eye = np.eye(self.m)[:, :, None]
-        jac = -eye / self.var + h * np.diag(self.in_v)[:, :, None] \
-            + (dh / rho) * pv[:, None, :] * pv[None, :, :]
-        if self.normalize == "unit":
-            norm = np.linalg.norm(s, axis=0)
+        if v is None:
+            return s / np.sqrt((s * s).sum(0)) if self.normalize == "unit" else s
+        dratio = 1 - ratio**2 - (2 * self.nu + 1) * ratio / np.maximum(kappa, 1e-300)
+        dh_rho = self.r / self.var * (dratio * self.r / self.var / rho - ratio / rho**2) / rho
+
+        def jac(w):
+            return -w / self.var + h * self.in_v[:, None] * w + dh_rho * pv * (pv * w).sum(0)
+
+        if self.normalize == "unit":  # u = s/|s|: J_u = P J / |s| with P = I - u u^T
+            norm = np.sqrt((s * s).sum(0))
             u = s / norm
-            proj = eye - u[:, None] * u[None, :]
-            jac = np.einsum("ijn,jkn->ikn", proj, jac) / norm
-            return u, jac
-        return s, jac
+            jv = jac(v)
+            return u, (jv - u * (u * jv).sum(0)) / norm, jac(v - u * (u * v).sum(0)) / norm
+        jv = jac(v)
+        return s, jv, jv
 
     def rhs(self, t, y):
         if y.ndim == 1:
             return self.rhs(t, y[:, None])[:, 0]
         m = self.m
         z, zd = y[:m], y[m:]
-        u, jac = self.field(z)
-        jzd = np.einsum("ijn,jn->in", jac, zd)
-        jtzd = np.einsum("jin,jn->in", jac, zd)
+        u, jzd, jtzd = self.field(z, zd)
         ud = (u * zd).sum(0)
         rhs = -self.lam * (zd * jzd).sum(0) * u + self.lam * ud * (jtzd - jzd)
         acc = rhs - self.lam * u * (u * rhs).sum(0) / (1 + self.lam * (u * u).sum(0))
         return np.concatenate([zd, acc])
 
     def speed(self, z, zd) -> np.ndarray:
-        u, _ = self.field(z)
+        u = self.field(z)
         return np.sqrt((zd * zd).sum(0) + self.lam * (u * zd).sum(0) ** 2)
 
 
@@ -128,8 +144,8 @@ class MetricGeodesic:
     def continuation(self, until: float):
         if self._continued is None or self._continued.t[-1] < until:
             y1 = self.bvp.sol(1.0)
-            self._continued = solve_ivp(self.reduced.rhs, (1.0, until), y1, method="DOP853", rtol=1e-12,
-                                        atol=1e-13, dense_output=True, vectorized=True)
+            self._continued = solve_ivp(self.reduced.rhs, (1.0, until), y1, method="DOP853", rtol=_RTOL,
+                                        atol=_ATOL, dense_output=True)
         return self._continued
 
     def at(self, t) -> np.ndarray:
@@ -150,8 +166,44 @@ class MetricGeodesic:
                                np.linalg.norm(rest - v_part, axis=1, keepdims=True)], axis=1)
 
 
+class _PairRows:
+    """One pair's rows of a continuation integrated for several pairs together."""
+
+    def __init__(self, joint, index: int, pairs: int):
+        self.joint, self.index, self.pairs = joint, index, pairs
+        self.t = joint.t
+
+    def sol(self, t):
+        y = self.joint.sol(t)
+        return y.reshape(-1, self.pairs, *y.shape[1:])[:, self.index]
+
+
+def continue_together(geodesics, until: float) -> None:
+    """Continue geodesics of one reduced metric (one run's pairs) past b up to ``until`` in a
+    single integration, their states side by side: each step evaluates the vectorised
+    equation once for all of them. The error control is tightened by sqrt(pairs), since
+    solve_ivp measures the error as a root mean square over all components."""
+    todo = [g for g in geodesics if g is not None and g is not False
+            and (g._continued is None or g._continued.t[-1] < until)]
+    if not todo:
+        return
+    reduced = todo[0].reduced
+    if any(g.reduced.key() != reduced.key() for g in todo):
+        raise ValueError("continue_together needs geodesics of one metric")
+    n, pairs = 2 * reduced.m, len(todo)
+    y1 = np.stack([g.bvp.sol(1.0) for g in todo], axis=1)  # (n, pairs)
+
+    def rhs(t, y):
+        return reduced.rhs(t, y.reshape(n, pairs)).reshape(-1)
+
+    joint = solve_ivp(rhs, (1.0, until), y1.reshape(-1), method="DOP853", rtol=_RTOL / math.sqrt(pairs),
+                      atol=_ATOL / math.sqrt(pairs), dense_output=True)
+    for i, g in enumerate(todo):
+        g._continued = _PairRows(joint, i, pairs)
+
+
 def sphere_metric_geodesic(basis, centre, radius: float, sigma: float, lam: float, normalize: str,
-                           a, b, tol: float = 1e-8, bend: float = 0.02) -> MetricGeodesic:
+                           a, b, tol: float = 1e-7, bend: float = 0.02) -> MetricGeodesic:
     """The shortest geodesic of g between a and b (points of the sphere), see the module.
 
     basis: (D, d+1) orthonormal columns of V; centre: (D,). Arrays or tensors.

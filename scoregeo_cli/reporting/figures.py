@@ -3,6 +3,7 @@ The one strip drawer of every image experiment is ``save_strip``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -11,38 +12,52 @@ COLORS = {"geodesic": "tab:red", "geodesic_unit": "tab:purple", "geodesic_pullba
           "geodesic_conformal": "tab:brown", "lerp": "tab:blue", "slerp": "tab:green"}
 
 
+def _view(coords: torch.Tensor) -> torch.Tensor:
+    """Screen coordinates of points (..., 2) or (..., 3): a plane is drawn as it is, 3-space
+    by an orthographic camera at azimuth -60 and elevation 30 degrees (matplotlib's 3-D
+    default); the last column of the 3-D result is the depth towards the viewer."""
+    if coords.shape[-1] == 2:
+        return coords
+    az, el = math.radians(-60), math.radians(30)
+    view = torch.tensor([[-math.sin(az), -math.sin(el) * math.cos(az), math.cos(el) * math.cos(az)],
+                         [math.cos(az), -math.sin(el) * math.sin(az), math.cos(el) * math.sin(az)],
+                         [0.0, math.cos(el), math.sin(el)]], dtype=coords.dtype)
+    return coords @ view
+
+
 def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict, extrapolated: dict,
                          out: Path, max_pairs: int = 4) -> None:
     """Draw paths in the manifold's own coordinates: its 3-space (spheres S^2, in any
-    ambient dimension) or its plane (curves, S^1). Dashed: extrapolations."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    ambient dimension; seen from one direction, the near side of the reference cloud darker)
+    or its plane (curves, S^1). Dashed: extrapolations. Drawn on a plain 2-D axes, without
+    pyplot: a 3-D axes costs several times more per figure, which a sweep pays per run."""
+    from matplotlib.figure import Figure
 
     k = manifold.draw_coords(a[:1]).shape[-1]
     if k not in (2, 3):
         return  # nothing faithful to draw for spheres of dimension > 2
-    fig = plt.figure(figsize=(5, 5))
-    ax = fig.add_subplot(projection="3d" if k == 3 else None)
-    ref = manifold.draw_coords(manifold.sample(3000, torch.Generator().manual_seed(0)))
-    ax.scatter(*ref.T.numpy(), s=1, c="0.85", alpha=0.4)
+    fig = Figure(figsize=(5, 5))
+    ax = fig.add_subplot()
+    ref = _view(manifold.draw_coords(manifold.sample(1200, torch.Generator().manual_seed(0)))).numpy()
+    near = ref[:, 2] >= 0 if k == 3 else ref[:, 0] == ref[:, 0]
+    ax.scatter(ref[~near, 0], ref[~near, 1], s=3, c="0.9", linewidths=0)
+    ax.scatter(ref[near, 0], ref[near, 1], s=3, c="0.75", linewidths=0)
     for p in range(min(max_pairs, a.shape[0])):
-        truth = manifold.draw_coords(manifold.geodesic(a[p], b[p], 200))
-        ax.plot(*truth.T.numpy(), c="k", lw=1, label="true geodesic" if p == 0 else None)
+        truth = _view(manifold.draw_coords(manifold.geodesic(a[p], b[p], 200))).numpy()
+        ax.plot(truth[:, 0], truth[:, 1], c="k", lw=1, label="true geodesic" if p == 0 else None)
         for name, path in paths.items():
-            xy = manifold.draw_coords(path[p])
-            ax.plot(*xy.T.numpy(), "o-", ms=2, c=COLORS.get(name), label=name if p == 0 else None)
+            xy = _view(manifold.draw_coords(path[p])).numpy()
+            ax.plot(xy[:, 0], xy[:, 1], "o-", ms=2, c=COLORS.get(name), label=name if p == 0 else None)
         for name, path in extrapolated.items():
-            xy = manifold.draw_coords(path[p])
-            ax.plot(*xy.T.numpy(), "--", c=COLORS.get(name))
+            xy = _view(manifold.draw_coords(path[p])).numpy()
+            ax.plot(xy[:, 0], xy[:, 1], "--", c=COLORS.get(name))
     ax.legend(loc="upper right", fontsize=7)
-    if k == 2:
-        ax.set_aspect("equal")
+    ax.set_aspect("equal")
+    if k == 3:
+        ax.set_axis_off()  # screen coordinates: ticks would mean nothing
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def to_uint8(images: torch.Tensor):
