@@ -21,8 +21,10 @@ weights: $(STAMP)
 run: setup
 	$(BIN)/scoregeo run
 
+# One worker per core (at most 4), each test file on one worker (its module fixtures built
+# once), torch at one thread per worker (SCOREGEO_TEST_THREADS).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

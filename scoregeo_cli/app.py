@@ -11,6 +11,7 @@ exit code 2, nothing marked DONE.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import hashlib
 import os
@@ -89,10 +90,11 @@ def _compose_each_job_once() -> None:
         _VALIDATED.clear()
         loader = getattr(self, "hydra_context", None)
         loader = loader.config_loader if loader is not None else self.config_loader
-        for overrides in batch:
-            config = compose(loader, self.config, list(overrides))
-            if len(_VALIDATED) < _KEEP_VALIDATED:
-                _VALIDATED[id(self.config), tuple(overrides)] = config
+        with _reading_each_config_file_once():
+            for overrides in batch:
+                config = compose(loader, self.config, list(overrides))
+                if len(_VALIDATED) < _KEEP_VALIDATED:
+                    _VALIDATED[id(self.config), tuple(overrides)] = config
 
     def load_sweep_config(self, master_config, sweep_overrides):
         config = _VALIDATED.pop((id(master_config), tuple(sweep_overrides)), None)
@@ -101,6 +103,30 @@ def _compose_each_job_once() -> None:
     load_sweep_config.reuses_validated = True
     Sweeper.validate_batch_is_legal = validate_batch_is_legal
     ConfigLoaderImpl.load_sweep_config = load_sweep_config
+
+
+@contextlib.contextmanager
+def _reading_each_config_file_once():
+    """While one batch of jobs is composed, each config file is read and parsed once (Hydra
+    parses every file again for every job); the jobs get copies, which Hydra may change."""
+    try:
+        from hydra._internal.config_repository import ConfigRepository
+    except ImportError:  # another Hydra: keep its own behaviour
+        yield
+        return
+    original, parsed = ConfigRepository.load_config, {}
+
+    def load_config(self, config_path):
+        key = (tuple((type(s).__name__, s.path) for s in self.sources), config_path)
+        if key not in parsed:
+            parsed[key] = original(self, config_path)
+        return copy.deepcopy(parsed[key])
+
+    ConfigRepository.load_config = load_config
+    try:
+        yield
+    finally:
+        ConfigRepository.load_config = original
 
 
 _compose_each_job_once()

@@ -98,9 +98,43 @@ def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(
     # lerp's interior and extrapolation, both endpoints: reused; the geodesic's two groups: new
     assert reused["denoised"] == {"reused": 3, "computed": 2}
     assert reused["inception"]["reused"] >= 4  # two reference sets, lerp and pixel_lerp frames
+    assert reused["energy_terms"] == {"reused": 1, "computed": 0}  # lerp's energy parts hold for any lam
     # the cached run equals the uncached one in every number but wall times
     def numbers(summary):
         return {m: {k: v for k, v in entry.items() if not k.endswith("seconds")} for m, entry in summary.items()}
 
     assert numbers(runs["b"]) == numbers(runs["off"])
     assert json.loads((tmp_path / "off" / "cache.json").read_text()) == {}
+
+
+@pytest.mark.parametrize("interpolation,quadrature", [("linear", "midpoint"), ("linear", "trapezoid"),
+                                                      ("cubic", "gauss4")])
+def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, interpolation, quadrature):
+    from scoregeo_cli.data.synthetic import Sphere
+    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.tasks.images import _Memo
+
+    sphere = Sphere(2, 3, centre_offset=0.5, seed=0)
+    score = sphere.exact_score(0.15)
+    a, b = sphere.pairs(2, torch.Generator().manual_seed(0))
+    path = a[:, None] + torch.linspace(0, 1, 9, dtype=a.dtype)[None, :, None] * (b - a)[:, None]
+
+    def metric(lam):
+        return SteinMetric(score, lam=lam, interpolation=interpolation, quadrature=quadrature)
+
+    kinetic, score_part = metric(1000.0).energy_terms(path)
+    if quadrature == "midpoint":  # by hand: 1/2 N sum_i |v_i|^2 + lam (u(midpoint_i).v_i)^2
+        v, n = path[:, 1:] - path[:, :-1], 8
+        u = score(0.5 * (path[:, 1:] + path[:, :-1]))
+        torch.testing.assert_close(kinetic, 0.5 * n * (v * v).sum((-1, -2)), rtol=1e-13, atol=0)
+        torch.testing.assert_close(score_part, 0.5 * n * ((u * v).sum(-1) ** 2).sum(-1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(metric(0.0).energy(path), kinetic, rtol=1e-13, atol=0)
+    # the cache keeps the parts: lam 999 after lam 1000 costs no score evaluation
+    cache = Cache(tmp_path)
+    first = _Memo(cache, "space", metric(1000.0), "alex").energy(path)
+    sweep = metric(999.0)
+    calls = score.calls
+    second = _Memo(cache, "space", sweep, "alex").energy(path)
+    assert score.calls == calls and cache.report()["energy_terms"] == {"reused": 1, "computed": 1}
+    torch.testing.assert_close(first, kinetic + 1000.0 * score_part, rtol=1e-13, atol=0)
+    torch.testing.assert_close(second, sweep.energy(path), rtol=1e-13, atol=0)

@@ -31,6 +31,9 @@ def test_polyline_projection_equals_a_search_over_every_segment(dtype):
             assert torch.equal(polyline_project(points, curve), _project_on_every_segment(points, curve))
     on_vertex = torch.tensor([[1.0, 0.5, 0.0]], dtype=dtype)  # equally near both segments: the first
     assert torch.equal(polyline_project(on_vertex, curves[2]), torch.tensor([[1.0, 0, 0]], dtype=dtype))
+    failed = torch.tensor([[float("nan")] * 3, [2.0, 1.0, 0.0]], dtype=dtype)  # a failed path's node: NaN
+    nearest = polyline_project(failed, curves[2])
+    assert nearest[0].isnan().all() and torch.equal(nearest[1], curves[2][2])
 
 
 def test_sphere_pairs_lie_on_the_sphere_at_the_requested_angle():

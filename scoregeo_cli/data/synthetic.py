@@ -51,6 +51,7 @@ def polyline_project(points: torch.Tensor, polyline: torch.Tensor) -> torch.Tens
     best = torch.full((points.shape[0],), float("inf"), dtype=dist.dtype).scatter_reduce(0, m, dist, "amin")
     tied = torch.nonzero(dist == best[m], as_tuple=True)[0]
     first = torch.full_like(best, len(m), dtype=torch.long).scatter_reduce(0, m[tied], tied, "amin")
+    foot = torch.cat([foot, torch.full_like(points[:1], float("nan"))])  # a NaN point has no candidate
     return foot[first]  # ties: the first segment, as a full search's argmin
 
 

@@ -23,6 +23,8 @@ codimension > 1 the shortest geodesics leave the subspace in any of the equivale
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -63,18 +65,39 @@ class TruthReference:
         return self._at_nodes[n]
 
 
-def truth_rows(reference: TruthReference | bool, name: str, p: int, path: torch.Tensor) -> list[dict]:
-    """Rows of one pair's path against the metric's own geodesic (False: none was found)."""
+def truth_distances(reference: TruthReference, paths: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For paths (M_i, D) of one pair, in one pass: each node's distance to the metric's
+    geodesic, and node j's distance to the geodesic's point at t = j/(M_i - 1)."""
+    sizes = [len(x) for x in paths]
+    inv = torch.from_numpy(reference.truth.invariant(torch.cat(paths).detach().double().cpu().numpy()))
+    err = polyline_distance(inv, reference.dense)
+    return [(e, (i - reference.at_nodes(len(i))).norm(dim=-1)) for i, e in zip(inv.split(sizes), err.split(sizes))]
+
+
+def truth_rows(reference: TruthReference | bool, name: str, p: int, path: torch.Tensor,
+               distances: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
+    """Rows of one pair's path against the metric's own geodesic (False: none was found);
+    ``distances`` from ``truth_distances`` where already computed."""
     if reference is False:
         nan = float("nan")
         return [row(p, name, k, nan) for k in ("metric_geodesic_error_max", "metric_geodesic_error_mean",
                                                "metric_geodesic_pointwise_max")]
-    x = path.detach().double().cpu().numpy()
-    inv = torch.from_numpy(reference.truth.invariant(x))
-    err = polyline_distance(inv, reference.dense)
+    err, pointwise = distances if distances is not None else truth_distances(reference, [path])[0]
     return [row(p, name, "metric_geodesic_error_max", err.max()),
             row(p, name, "metric_geodesic_error_mean", err.mean()),
-            row(p, name, "metric_geodesic_pointwise_max", (inv - reference.at_nodes(x.shape[0])).norm(dim=-1).max())]
+            row(p, name, "metric_geodesic_pointwise_max", pointwise.max())]
+
+
+def _each_method(nodes: dict[str, torch.Tensor], distances) -> dict:
+    """``distances`` computed once on a list of node arrays, one per method -> {method: result}."""
+    return dict(zip(nodes, distances(list(nodes.values()))))
+
+
+def _to_polyline(polyline: torch.Tensor):
+    """Distances of node arrays to a polyline, in one projection for all of them."""
+    def distances(arrays: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(polyline_distance(torch.cat(arrays), polyline).split([len(x) for x in arrays]))
+    return distances
 
 
 @torch.no_grad()
@@ -98,6 +121,12 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
                   f"a returned path ({shortest:.5g}); its rows are NaN")
             metric_truths[p] = False
     references = [t if t in (None, False) else TruthReference(t, points) for t in metric_truths]
+    # distances of every method's nodes, one computation per pair and reference
+    nodes = [{name: result.path[p] for name, result in results.items()} for p in range(n_pairs)]
+    to_geodesic = [_each_method(nodes[p], _to_polyline(truths[p])) for p in range(n_pairs)]
+    to_metric_geodesic = [{} if references[p] in (None, False) else
+                          _each_method(nodes[p], functools.partial(truth_distances, references[p]))
+                          for p in range(n_pairs)]
     rows: list[dict] = []
     for name, result in results.items():
         path = result.path
@@ -107,7 +136,7 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
         off = manifold.distance(path).amax(dim=-1)
         g_length = g_lengths.get(name)
         for p in range(n_pairs):
-            err = polyline_distance(path[p], truths[p])
+            err = to_geodesic[p][name]
             rows += [row(p, name, "geodesic_error_max", err.max()),
                      row(p, name, "geodesic_error_mean", err.mean()),
                      row(p, name, "manifold_distance_max", off[p]),
@@ -118,23 +147,22 @@ def geometry_rows(manifold, metric, results: dict, a: torch.Tensor, b: torch.Ten
             if g_length is not None:
                 rows.append(row(p, name, "g_length", g_length[p]))
             if metric_truths[p] is not None:
-                rows += truth_rows(references[p], name, p, path[p])
+                rows += truth_rows(references[p], name, p, path[p], to_metric_geodesic[p].get(name))
                 if g_length is not None:
                     truth_length = metric_truths[p].length if metric_truths[p] is not False else float("nan")
                     rows.append(row(p, name, "g_length_ratio", g_length[p] / truth_length))
-    continuations: dict = {}  # per pair: the manifold geodesic past b; the metric geodesic at 1 + tau
+    continuations: dict = {}  # (pair, points): the metric geodesic at 1 + tau
     if any(result.extrapolation is not None for result in results.values()):
         continue_together(metric_truths, 1 + duration)
-    for name, result in results.items():
-        if result.extrapolation is None:
-            continue
+    extrapolated = {name: result for name, result in results.items() if result.extrapolation is not None}
+    ext_error = [_each_method({name: result.extrapolation[p] for name, result in extrapolated.items()},
+                              _to_polyline(manifold.continuation(a[p], b[p], 2 * duration, points)))
+                 if extrapolated else {} for p in range(n_pairs)]
+    for name, result in extrapolated.items():
         ext = result.extrapolation
         taus = 1 + np.linspace(0, duration, ext.shape[1])
         for p in range(n_pairs):
-            if p not in continuations:
-                continuations[p] = manifold.continuation(a[p], b[p], 2 * duration, points)
-            rows.append(row(p, name, "extrapolation_error_max",
-                            polyline_distance(ext[p], continuations[p]).max()))
+            rows.append(row(p, name, "extrapolation_error_max", ext_error[p][name].max()))
             geo = metric_truths[p]
             if geo is None:
                 continue

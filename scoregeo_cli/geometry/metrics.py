@@ -93,11 +93,26 @@ class CurveModel:
             spline = CubicSpline(np.linspace(0, 1, nodes), np.eye(nodes), bc_type="not-a-knot")
             self.phi, self.dphi = spline(t), spline(t, 1)
         self.stiffness = self.dphi.T @ (self.weights[:, None] * self.dphi)
+        self._tensors: dict = {}  # converted once per dtype and device (solvers ask every iteration)
 
     def tensors(self, like: torch.Tensor):
         """phi, dphi, weights as tensors of ``like``'s dtype and device."""
-        return tuple(torch.as_tensor(a, dtype=like.dtype, device=like.device)
-                     for a in (self.phi, self.dphi, self.weights))
+        key = ("phi", like.dtype, like.device)
+        if key not in self._tensors:
+            self._tensors[key] = tuple(torch.as_tensor(a, dtype=like.dtype, device=like.device)
+                                       for a in (self.phi, self.dphi, self.weights))
+        return self._tensors[key]
+
+    def residual_rows(self, lam: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, ...]:
+        """sqrt(lam w_k) dphi_k and sqrt(lam w_k) phi_k over the interior nodes (K, N-1) and
+        the stiffness (N+1, N+1): the constant parts of Gauss-Newton's normal equations."""
+        key = ("rows", float(lam), dtype, device)
+        if key not in self._tensors:
+            scale = torch.as_tensor(np.sqrt(lam * self.weights), dtype=dtype, device=device)[:, None]
+            self._tensors[key] = (scale * torch.as_tensor(self.dphi[:, 1:-1], dtype=dtype, device=device),
+                                  scale * torch.as_tensor(self.phi[:, 1:-1], dtype=dtype, device=device),
+                                  torch.as_tensor(self.stiffness, dtype=dtype, device=device))
+        return self._tensors[key]
 
 
 @lru_cache(maxsize=64)
@@ -236,15 +251,30 @@ class SteinMetric(Metric):
     def energy(self, path: torch.Tensor, detach_score: bool = False) -> torch.Tensor:
         """Curve energy (P,) of paths (P, N+1, D); differentiable through the score unless
         ``detach_score`` (then the scores are constants, as in a frozen-metric step)."""
-        if self.polygon_factors:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_score):
-                factors = self.factors(path)
-            return self.energy_from_factors(path, factors)
+        kinetic, score_part = self.energy_terms(path, detach_score)
+        return kinetic + self.lam * score_part
+
+    def energy_terms(self, path: torch.Tensor, detach_score: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The energy's parts (P,) each: energy = kinetic + lam * score part, with the kinetic
+        part 1/2 int |x'|^2 dt and the score part 1/2 int (u.x')^2 dt under the curve model.
+        Neither depends on lam, so a path's energy for any lam needs one score evaluation."""
+        grad = torch.is_grad_enabled() and not detach_score
+        if self.polygon_factors:  # the polygon: one (midpoint) or two (trapezoid) rows per segment
+            v = path[:, 1:] - path[:, :-1]
+            n = v.shape[1]
+            with torch.set_grad_enabled(grad):
+                if self.quadrature == "midpoint":
+                    rows = [self.direction(0.5 * (path[:, 1:] + path[:, :-1]))]
+                else:
+                    u = self.direction(path)
+                    rows = [u[:, :-1], u[:, 1:]]
+            score_part = sum(((r * v).sum(-1) ** 2).sum(-1) for r in rows) / len(rows)
+            return 0.5 * n * (v * v).sum(-1).sum(-1), 0.5 * n * score_part
         phi, dphi, w = self.curve(path.shape[1]).tensors(path)
         y, yd = torch.einsum("kj,pjd->pkd", phi, path), torch.einsum("kj,pjd->pkd", dphi, path)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not detach_score):
+        with torch.set_grad_enabled(grad):
             u = self.direction(y)
-        return 0.5 * (w * ((yd * yd).sum(-1) + self.lam * (u * yd).sum(-1) ** 2)).sum(-1)
+        return 0.5 * (w * (yd * yd).sum(-1)).sum(-1), 0.5 * (w * (u * yd).sum(-1) ** 2).sum(-1)
 
     def evaluate(self, path: torch.Tensor) -> Evaluation:
         """Energy of paths (P, N+1, D) with the score's graph kept for

@@ -354,10 +354,7 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
     work = torch.float64
     x, r, u = path.to(work), r.to(work), u.to(work)
     dev = path.device
-    scale = torch.as_tensor(np.sqrt(lam * model.weights), dtype=work, device=dev)[:, None]
-    a = scale * torch.as_tensor(model.dphi[:, 1:-1], dtype=work, device=dev)  # (K, N-1)
-    b = scale * torch.as_tensor(model.phi[:, 1:-1], dtype=work, device=dev)
-    stiff = torch.as_tensor(model.stiffness, dtype=work, device=dev)
+    a, b, stiff = model.residual_rows(lam, work, dev)  # (K, N-1), (K, N-1), (N+1, N+1)
     s_int = stiff[1:-1, 1:-1].expand(x.shape[0], -1, -1)
     if damping is not None:
         s_int = s_int + damping.to(work)[:, None, None] * torch.eye(s_int.shape[-1], dtype=work, device=dev)

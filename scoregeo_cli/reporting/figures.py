@@ -55,7 +55,9 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
     ax.set_aspect("equal")
     if k == 3:
         ax.set_axis_off()  # screen coordinates: ticks would mean nothing
-    fig.tight_layout()
+        fig.subplots_adjust(0.02, 0.02, 0.98, 0.98)
+    else:
+        fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
 

@@ -297,7 +297,8 @@ class _Memo:
     """Frame metrics and path energies through the cache: the baselines' frames and paths do not
     change when a solver or metric is swept. Keys hold the exact frames (and truth) or path, the
     LPIPS weights by value, and for energies the metric's parameters and the space's fingerprint
-    (no energy caching when the space has none)."""
+    (no energy caching when the space has none); the Stein metric's energy is cached as its two
+    lam-free parts, so a lam sweep reuses them too."""
 
     def __init__(self, cache, space_fingerprint: str | None, metric, net: str):
         self.cache = cache if cache is not None and cache.root is not None else None
@@ -309,7 +310,10 @@ class _Memo:
 
             self.lpips = file_digest(weights.require_lpips(net))
             if space_fingerprint is not None:
-                params = sorted((k, v) for k, v in vars(metric).items() if isinstance(v, (int, float, str, bool)))
+                # a metric whose energy splits into parts free of lam is keyed without lam
+                split = hasattr(metric, "energy_terms")
+                params = sorted((k, v) for k, v in vars(metric).items() if isinstance(v, (int, float, str, bool))
+                                and not (split and k == "lam"))
                 self.metric_id = digest(type(metric).__name__, params, space_fingerprint)
 
     def _get(self, kind: str, parts: list, compute):
@@ -333,6 +337,10 @@ class _Memo:
     def energy(self, path: torch.Tensor) -> torch.Tensor:
         if self.metric_id is None:
             return self.metric.energy(path)
+        if hasattr(self.metric, "energy_terms"):  # cached parts serve every lam of a sweep
+            kinetic, score_part = self._get("energy_terms", [self.metric_id, path], lambda: torch.stack(
+                self.metric.energy_terms(path)).cpu())
+            return kinetic + self.metric.lam * score_part
         return self._get("energy", [self.metric_id, path], lambda: self.metric.energy(path).cpu())
 
 
