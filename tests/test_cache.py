@@ -138,3 +138,18 @@ def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, inte
     assert score.calls == calls and cache.report()["energy_terms"] == {"reused": 1, "computed": 1}
     torch.testing.assert_close(first, kinetic + 1000.0 * score_part, rtol=1e-13, atol=0)
     torch.testing.assert_close(second, sweep.energy(path), rtol=1e-13, atol=0)
+
+
+def test_file_digest_is_the_sha256_of_the_bytes_and_follows_a_rewrite(tmp_path):
+    import hashlib
+    import os
+
+    from scoregeo_cli.cache import file_digest
+
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"a" * 3000)
+    assert file_digest(weights) == hashlib.sha256(b"a" * 3000).hexdigest()
+    stat = os.stat(weights)
+    weights.write_bytes(b"b" * 3000)  # same size: the modification time tells
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert file_digest(weights) == hashlib.sha256(b"b" * 3000).hexdigest()
