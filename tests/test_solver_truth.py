@@ -67,6 +67,31 @@ def test_the_metric_geodesic_is_a_geodesic_and_beats_the_great_circle():
         assert 1 - radii.min() > 1e-4
 
 
+@pytest.mark.parametrize("ambient_dim,normalize", [(3, "none"), (10, "unit")])
+def test_reduced_equation_matches_the_ambient_geodesic_equation(ambient_dim, normalize):
+    """The truth's matrix-free reduced equation (closed-form score, numpy) against the
+    ambient geodesic acceleration of SteinMetric (autograd through the sphere's exact score),
+    and its vectorised Jacobian against central differences."""
+    sphere, a, b = sphere_pairs(ambient_dim, 1)
+    metric = SteinMetric(sphere.exact_score(0.15), 1000.0, normalize=normalize)
+    truth = manifold_metric_geodesic(sphere, metric, a[0], b[0])
+    reduced, frame = truth.reduced, truth.frame
+    rng = np.random.default_rng(0)
+    y = truth.bvp.sol(np.linspace(0, 1, 7)) + 0.05 * rng.standard_normal((2 * reduced.m, 7))
+    acc = reduced.rhs(0.0, y)[reduced.m:]
+    x = torch.from_numpy(truth.centre + y[:reduced.m].T @ frame)
+    v = torch.from_numpy(y[reduced.m:].T @ frame)
+    ambient = metric.acceleration(x, v).detach().numpy()
+    np.testing.assert_allclose(acc.T @ frame, ambient, rtol=1e-8, atol=1e-8 * np.abs(ambient).max())
+    jac = reduced.rhs_jacobian(0.0, y)  # forward differences, as solve_bvp's own: Newton's model only
+    h = 1e-6
+    for j in range(2 * reduced.m):
+        step = np.zeros_like(y)
+        step[j] = h
+        central = (reduced.rhs(0.0, y + step) - reduced.rhs(0.0, y - step)) / (2 * h)
+        np.testing.assert_allclose(jac[:, j], central, rtol=1e-2, atol=1e-3 * np.abs(central).max())
+
+
 def test_default_solver_follows_the_metric_geodesic_and_shooting_continues_it():
     """S^2 in R^3 from LERP: the default solver's nodes within 1e-3 of the independent
     geodesic of g (at the same parameter, and after reparametrising by arc length);

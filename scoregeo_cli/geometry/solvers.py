@@ -359,23 +359,23 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
     if damping is not None:
         s_int = s_int + damping.to(work)[:, None, None] * torch.eye(s_int.shape[-1], dtype=work, device=dev)
     a_inv = torch.linalg.inv(s_int)  # S_int^{-1}, (P, N-1, N-1)
-    grad = torch.einsum("ij,pjd->pid", stiff[1:-1], x) + torch.einsum("ki,pk,pkd->pid", a, r, u)
+    grad = stiff[1:-1] @ x + a.T @ (r[..., None] * u)
     cap = (a @ a_inv @ a.T) * (u @ u.transpose(1, 2))
     if g is not None:
         g = g.to(work)
-        grad = grad + torch.einsum("ki,pk,pkd->pid", b, r, g)
+        grad = grad + b.T @ (r[..., None] * g)
         cross = (a @ a_inv @ b.T) * (u @ g.transpose(1, 2))
         cap = cap + cross + cross.transpose(1, 2) + (b @ a_inv @ b.T) * (g @ g.transpose(1, 2))
     cap = cap + torch.eye(cap.shape[-1], dtype=work, device=dev)
-    z = torch.einsum("pij,pjd->pid", a_inv, grad)  # A^-1 grad
-    rhs = (torch.einsum("ki,pid->pkd", a, z) * u).sum(-1)
+    z = a_inv @ grad  # A^-1 grad
+    rhs = ((a @ z) * u).sum(-1)
     if g is not None:
-        rhs = rhs + (torch.einsum("ki,pid->pkd", b, z) * g).sum(-1)
+        rhs = rhs + ((b @ z) * g).sum(-1)
     y = torch.linalg.solve(cap, rhs.unsqueeze(-1)).squeeze(-1)  # (P, K)
-    wy = torch.einsum("ki,pk,pkd->pid", a, y, u)
+    wy = a.T @ (y[..., None] * u)
     if g is not None:
-        wy = wy + torch.einsum("ki,pk,pkd->pid", b, y, g)
-    step = -(z - torch.einsum("pij,pjd->pid", a_inv, wy))
+        wy = wy + b.T @ (y[..., None] * g)
+    step = -(z - a_inv @ wy)
     return step.to(path.dtype), grad.to(path.dtype)
 
 

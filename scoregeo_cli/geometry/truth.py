@@ -110,6 +110,16 @@ class ReducedSphereMetric:
         acc = rhs - self.lam * u * (u * rhs).sum(0) / (1 + self.lam * (u * u).sum(0))
         return np.concatenate([zd, acc])
 
+    def rhs_jacobian(self, t, y):
+        """d rhs / d y at every node (n, n, M) by forward differences (``solve_bvp``'s own
+        steps), the n perturbed states in one vectorised call of ``rhs``."""
+        n, nodes = y.shape
+        h = np.finfo(float).eps ** 0.5 * (1 + np.abs(y))  # (n, M)
+        moved = y[None] + np.eye(n)[:, :, None] * h[None]  # (j, n, M): row j of y moved by h_j
+        f = self.rhs(t, np.concatenate([y, moved.transpose(1, 0, 2).reshape(n, n * nodes)], axis=1))
+        f0, f = f[:, :nodes], f[:, nodes:].reshape(n, n, nodes)
+        return (f - f0[:, None]) / h[None]
+
     def speed(self, z, zd) -> np.ndarray:
         u = self.field(z)
         return np.sqrt((zd * zd).sum(0) + self.lam * (u * zd).sum(0) ** 2)
@@ -261,12 +271,13 @@ def sphere_metric_geodesic(basis, centre, radius: float, sigma: float, lam: floa
             guess[k + 1] = var * np.sin(math.pi * edge) * (edge < 1)
         guess[0], guess[1] = rad * np.cos(theta * t), rad * np.sin(theta * t)
         guess = np.concatenate([guess, np.gradient(guess, t, axis=1)])
-        sol = solve_bvp(reduced.rhs, bc, t, guess, tol=tol, max_nodes=5000)
+        sol = solve_bvp(reduced.rhs, bc, t, guess, fun_jac=reduced.rhs_jacobian, tol=tol, max_nodes=5000)
         if sol.status != 0:  # continuation in lam from a nearly flat metric
             lam_full = reduced.lam
             for factor in (1e-3, 1e-2, 1e-1, 0.3, 1.0):
                 reduced.lam = lam_full * factor
-                sol = solve_bvp(reduced.rhs, bc, t, guess, tol=tol, max_nodes=5000)
+                sol = solve_bvp(reduced.rhs, bc, t, guess, fun_jac=reduced.rhs_jacobian, tol=tol,
+                                max_nodes=5000)
                 if sol.status != 0:
                     break
                 t, guess = sol.x, sol.y
