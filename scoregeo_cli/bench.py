@@ -16,7 +16,6 @@ sphere the distance to the metric's own geodesic (``geometry.truth``), and the r
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

@@ -12,16 +12,10 @@ from scoregeo_cli.tasks.noise import NoiseDiagnosticsTask
 from scoregeo_cli.tasks.synthetic import SyntheticTask
 
 
-def scoregeo(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_multirun_then_resume_skips_finished_runs(tmp_path):
+def test_multirun_then_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
     args = ["run", "-m", "experiment=sphere", "metric.lam=10,1000", "n_pairs=2",
             "eval.figure=false", f"output_root={tmp_path}"]
-    first = scoregeo(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
+    _cli(args, monkeypatch, capsys)
     runs = sorted(tmp_path.glob("sphere/*/seed=0"))
     assert [r.parent.name for r in runs] == ["eval.figure=False,metric.lam=10,n_pairs=2",
                                              "eval.figure=False,metric.lam=1000,n_pairs=2"]
@@ -37,9 +31,7 @@ def test_multirun_then_resume_skips_finished_runs(tmp_path):
            for r in runs}
     assert err["eval.figure=False,metric.lam=1000,n_pairs=2"] < 0.1 * err["eval.figure=False,metric.lam=10,n_pairs=2"]
     stamp = runs[0].joinpath("summary.json").stat().st_mtime_ns
-    second = scoregeo(*args, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert second.stdout.count("skipping finished run") == 2
+    assert _cli(args, monkeypatch, capsys).count("skipping finished run") == 2
     assert runs[0].joinpath("summary.json").stat().st_mtime_ns == stamp
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
