@@ -73,7 +73,8 @@ class Geodesic(Method):
             if shot.error is None:
                 self.report += f"; shooting: {shot.score_evals} score evaluations, {shot.seconds:.1f} s"
             else:
+                hint = "raise extrapolate.max_evals" + (
+                    "" if getattr(metric, "normalize", "unit") == "unit" else ", or try metric.normalize=unit")
                 self.report += (f"; shooting failed after {shot.seconds:.1f} s, extrapolation recorded as NaN: "
-                                f"{shot.error}; the geodesic equation is stiff when lam |s|^2 is large "
-                                "(raise extrapolate.max_evals, or try metric.normalize=unit)")
+                                f"{shot.error}; the geodesic equation is stiff when lam |s|^2 is large ({hint})")
         return out
