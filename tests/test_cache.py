@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from helpers import invoke_cli
 import torch
@@ -123,11 +124,26 @@ def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, inte
         return SteinMetric(score, lam=lam, interpolation=interpolation, quadrature=quadrature)
 
     kinetic, score_part = metric(1000.0).energy_terms(path)
-    if quadrature == "midpoint":  # by hand: 1/2 N sum_i |v_i|^2 + lam (u(midpoint_i).v_i)^2
-        v, n = path[:, 1:] - path[:, :-1], 8
+    # by hand: 1/2 int |x'|^2 dt and 1/2 int (u.x')^2 dt under each rule
+    v, n = path[:, 1:] - path[:, :-1], 8
+    if quadrature == "midpoint":  # N v_i is the velocity on segment i, which lasts 1/N
         u = score(0.5 * (path[:, 1:] + path[:, :-1]))
-        torch.testing.assert_close(kinetic, 0.5 * n * (v * v).sum((-1, -2)), rtol=1e-13, atol=0)
-        torch.testing.assert_close(score_part, 0.5 * n * ((u * v).sum(-1) ** 2).sum(-1), rtol=1e-13, atol=0)
+        hand = (0.5 * n * (v * v).sum((-1, -2)), 0.5 * n * ((u * v).sum(-1) ** 2).sum(-1))
+    elif quadrature == "trapezoid":  # u at both ends of each segment, half weight each
+        u = score(path)
+        ends = ((u[:, :-1] * v).sum(-1) ** 2 + (u[:, 1:] * v).sum(-1) ** 2) / 2
+        hand = (0.5 * n * (v * v).sum((-1, -2)), 0.5 * n * ends.sum(-1))
+    else:  # SciPy's not-a-knot spline through the nodes, 4 Gauss-Legendre points per segment
+        from scipy.interpolate import CubicSpline
+
+        x, w = np.polynomial.legendre.leggauss(4)
+        t = ((np.arange(n)[:, None] + (x + 1) / 2) / n).ravel()
+        weight = torch.from_numpy(np.tile(w / 2, n) / n)
+        spline = CubicSpline(np.linspace(0, 1, n + 1), path.numpy(), axis=1, bc_type="not-a-knot")
+        y, yd = torch.from_numpy(spline(t)), torch.from_numpy(spline(t, 1))
+        hand = (0.5 * (weight * (yd * yd).sum(-1)).sum(-1), 0.5 * (weight * (score(y) * yd).sum(-1) ** 2).sum(-1))
+    torch.testing.assert_close(kinetic, hand[0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(score_part, hand[1], rtol=1e-12, atol=0)
     torch.testing.assert_close(metric(0.0).energy(path), kinetic, rtol=1e-13, atol=0)
     # the cache keeps the parts: lam 999 after lam 1000 costs no score evaluation
     cache = Cache(tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 COLORS = {"geodesic": "tab:red", "geodesic_unit": "tab:purple", "geodesic_pullback": "tab:orange",
@@ -40,7 +41,7 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
     fig = Figure(figsize=(5, 5))
     ax = fig.add_subplot()
     ref = _view(manifold.draw_coords(manifold.sample(1200, torch.Generator().manual_seed(0)))).numpy()
-    near = ref[:, 2] >= 0 if k == 3 else ref[:, 0] == ref[:, 0]
+    near = ref[:, 2] >= 0 if k == 3 else np.ones(len(ref), dtype=bool)  # a plane has no far side
     ax.scatter(ref[~near, 0], ref[~near, 1], s=3, c="0.9", linewidths=0)
     ax.scatter(ref[near, 0], ref[near, 1], s=3, c="0.75", linewidths=0)
     for p in range(min(max_pairs, a.shape[0])):
