@@ -18,7 +18,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("scoregeo_cli.reporting.tables:reproduce_main",
                   "run the sweeps behind a paper table, then render it"),
     "tables": ("scoregeo_cli.reporting.tables:tables_main", "render every table and figure from outputs/"),
-    "weights": ("scoregeo_cli.weights:main", "provision offline LPIPS and Inception weights"),
+    "weights": ("scoregeo_cli.weights:main", "provision offline LPIPS/Inception weights and MNIST digits"),
+    "fidelity": ("scoregeo_cli.scores.fidelity:main",
+                 "score models against the exact orbit score: relative error and round-trip PSNR per t"),
     "lpips": ("scoregeo_cli.evaluation.commands:lpips_main", "LPIPS distance between two image files"),
     "fid": ("scoregeo_cli.evaluation.commands:fid_main", "FID (and KID) between two folders of images"),
 }

@@ -38,6 +38,10 @@ from scoregeo_cli.errors import ScoregeoError, check_finite
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PACKAGED = CHECKPOINT_DIR / "rotated_digits_unet.safetensors"
+# Checkpoints shipped in the package, by the name ``score.checkpoint`` accepts.
+PACKAGED_NAMES = {"unet_digits": PACKAGED,
+                  "unet_mnist": CHECKPOINT_DIR / "unet_mnist.safetensors",
+                  "unet_orbit": CHECKPOINT_DIR / "unet_orbit.safetensors"}
 FORMAT = "scoregeo-unet/1"
 STATE_FILE = "train_state.pt"
 EXPORT_NAME = "unet.safetensors"
@@ -96,18 +100,26 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
-    """The .safetensors file of ``score.checkpoint`` (null: the packaged one), checked."""
+    """The .safetensors file of ``score.checkpoint``, checked: a packaged name (``unet_mnist``,
+    ``unet_orbit``, ``unet_digits``; null is ``unet_digits``), a file, or a training folder."""
     if checkpoint is None or str(checkpoint).strip() in ("", "null", "None"):
-        if not PACKAGED.is_file() or not PACKAGED.with_suffix(".json").is_file():
-            raise ScoregeoError(f"the packaged UNet checkpoint {PACKAGED} is missing; train one with "
-                                "`scoregeo train experiment=rotated_mnist` and pass score.checkpoint=<its path>")
-        return PACKAGED
+        checkpoint = "unet_digits"
+    if str(checkpoint) in PACKAGED_NAMES:
+        packaged = PACKAGED_NAMES[str(checkpoint)]
+        if not packaged.is_file() or not packaged.with_suffix(".json").is_file():
+            raise ScoregeoError(f"the packaged UNet checkpoint {checkpoint} ({packaged}) is missing; train it with "
+                                f"`scoregeo train experiment={checkpoint}` and pass score.checkpoint=<its path>")
+        return packaged
     path = Path(str(checkpoint)).expanduser()
     if path.is_dir():
+        if not (path / EXPORT_NAME).is_file():
+            raise ScoregeoError(f"score.checkpoint={checkpoint} is a directory without {EXPORT_NAME}; pass a "
+                                f"training folder of `scoregeo train`, a .safetensors file, or a packaged name "
+                                f"({', '.join(PACKAGED_NAMES)})")
         path = path / EXPORT_NAME
     if not path.is_file():
         raise ScoregeoError(f"score.checkpoint={checkpoint} does not exist; pass the {EXPORT_NAME} written by "
-                            "`scoregeo train experiment=rotated_mnist`, or null for the packaged checkpoint")
+                            f"`scoregeo train`, or a packaged name ({', '.join(PACKAGED_NAMES)})")
     if path.suffix != ".safetensors" or not path.with_suffix(".json").is_file():
         raise ScoregeoError(f"score.checkpoint={checkpoint} must be a .safetensors file with its .json "
                             "config beside it, as `scoregeo train experiment=rotated_mnist` writes them")
@@ -217,18 +229,32 @@ def generate(model, alphas_cumprod: torch.Tensor, n: int, generator: torch.Gener
 
 @torch.no_grad()
 def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1) -> float:
-    """Mean squared eps error on held-out digits at uniform training angles and levels."""
+    """Mean squared eps error on held-out digits (``dataset.heldout_split``) at uniform
+    training angles and levels."""
     gen = torch.Generator().manual_seed(seed)
-    images = dataset.images("test")
-    lo, hi = dataset.train_angles
-    idx = torch.randint(len(images), (n,), generator=gen)
-    from scoregeo_cli.data.rotated_mnist import rotate
-
-    x0 = rotate(images[idx], lo + (hi - lo) * torch.rand(n, generator=gen)) * 2 - 1
+    x0 = dataset.rotated_batch(dataset.heldout_split, n, gen) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen)
     ts = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
     pred = torch.cat([model(xb, tb).sample for xb, tb in zip(scheduler.add_noise(x0, noise, ts).split(128), ts.split(128))])
     return float(F.mse_loss(pred, noise))
+
+
+@torch.no_grad()
+def eps_mse_per_level(model, dataset, alphas_cumprod: torch.Tensor, levels=(50, 100, 200, 400, 800),
+                      n: int = 256, seed: int = 2) -> dict:
+    """{level: eps-MSE} on held-out digits at uniform training angles, the same digits and
+    noise at every level."""
+    gen = torch.Generator().manual_seed(seed)
+    x0 = dataset.rotated_batch(dataset.heldout_split, n, gen) * 2 - 1
+    noise = torch.randn(x0.shape, generator=gen)
+    out = {}
+    for level in levels:
+        abar = float(alphas_cumprod[int(level)])
+        x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * noise
+        ts = torch.full((n,), int(level), dtype=torch.long)
+        pred = torch.cat([model(xb, tb).sample for xb, tb in zip(x_t.split(128), ts.split(128))])
+        out[str(int(level))] = float(F.mse_loss(pred, noise))
+    return out
 
 
 def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_size: int = 32, lr: float = 2e-3,
@@ -271,7 +297,8 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     ema = EMAModel(net.parameters(), decay=float(ema_decay), use_ema_warmup=True)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     signature = {"architecture": architecture, "schedule": schedule, "batch_size": int(batch_size),
-                 "source": dataset.source, "train_angles": list(dataset.train_angles)}
+                 "source": dataset.source, "train_split": dataset.train_split,
+                 "train_angles": list(dataset.train_angles)}
     state_path = out_dir / STATE_FILE
     step, losses, seconds = 0, [], 0.0
     if state_path.exists():
@@ -295,7 +322,8 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
 
     n_params = sum(p.numel() for p in net.parameters())
     print(f"UNet2DModel {architecture['block_out_channels']}, {n_params} parameters; "
-          f"{len(dataset.images('train'))} training digits ({dataset.source}) rotated in {list(dataset.train_angles)} deg")
+          f"{len(dataset.images(dataset.train_split))} training digits ({dataset.source}, {dataset.train_split}) "
+          f"rotated in {list(dataset.train_angles)} deg")
     net.train()
     bar = tqdm(total=int(steps), initial=step, desc="train unet", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -334,13 +362,19 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     exported.eval().requires_grad_(False)
     tail = losses[-100:]
     record = {"command": (out_dir / "command.sh").read_text().strip() if (out_dir / "command.sh").exists() else None,
-              "source": dataset.source, "train_angles": list(dataset.train_angles), "steps": int(step),
+              "source": dataset.source, "train_split": dataset.train_split,
+              "train_digits": len(dataset.images(dataset.train_split)),
+              "train_angles": list(dataset.train_angles), "steps": int(step),
               "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
               "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
               "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples)),
-              "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} held-out digits at "
-                                    "uniform training angles and levels"}
+              "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} digits of the "
+                                    f"{dataset.heldout_split} split at uniform training angles and levels",
+              "eps_mse_per_t": eps_mse_per_level(exported, dataset, alphas_cumprod_from(scheduler.config)),
+              "eps_mse_per_t_note": f"eps-MSE of the EMA weights at fixed levels t, 256 digits of the "
+                                    f"{dataset.heldout_split} split at uniform training angles (same noise at every t)",
+              "device": f"cpu ({torch.get_num_threads()} threads)"}
     print(f"trained {step} steps in {seconds:.0f} s; final loss {record['final_loss']:.4f}, "
           f"EMA held-out loss {record['ema_test_loss']:.4f}")
     if fid_samples:
@@ -354,21 +388,23 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
 
 def sample_quality(model, alphas_cumprod: torch.Tensor, dataset, n: int, steps: int, seed: int,
                    grid_path: Path | None = None) -> dict:
-    """FID/KID of n DDIM samples against n real training digits at training angles, and the
-    same figures for a second, independent draw of n real digits (the floor of FID at this
-    sample size)."""
+    """FID/KID of n DDIM samples against n real held-out digits (``dataset.heldout_split``:
+    the test split, or the orbit set for a model of the orbit set) at uniform training
+    angles, and the same figures for a second, independent draw of n real digits (the floor
+    of FID at this sample size)."""
     from scoregeo_cli.evaluation.images import fid_from_features, inception_features, kid_from_features
 
     gen = torch.Generator().manual_seed(seed + 101)
     fake = generate(model, alphas_cumprod, n, gen, steps)
     if grid_path is not None:
         _sample_grid(fake, grid_path)
-    real = dataset.training_batch(n, gen)
-    real_2 = dataset.training_batch(n, gen)
+    real = dataset.rotated_batch(dataset.heldout_split, n, gen)
+    real_2 = dataset.rotated_batch(dataset.heldout_split, n, gen)
     f_fake, f_real, f_real_2 = (inception_features(x) for x in (fake, real, real_2))
     kid, kid_std = kid_from_features(f_real, f_fake)
     return {"sample_fid": fid_from_features(f_real, f_fake), "sample_kid": kid, "sample_kid_std": kid_std,
             "real_vs_real_fid": fid_from_features(f_real, f_real_2),
             "real_vs_real_kid": kid_from_features(f_real, f_real_2)[0], "fid_samples": n,
-            "sample_steps": steps, "fid_note": "DDIM (eta 0) from pure noise vs real training digits at "
-                                               "training angles; real_vs_real: a second independent real draw"}
+            "sample_steps": steps, "fid_note": f"DDIM (eta 0) from pure noise vs real digits of the "
+                                               f"{dataset.heldout_split} split at uniform training angles; "
+                                               "real_vs_real: a second independent real draw"}
