@@ -129,10 +129,10 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
 
     path = require_mnist5k()
     with gzip.open(path, "rt") as fh:
-        rows = np.array(fh.read().split(), dtype=object)
-    table = np.array([np.array(r.split(","), dtype=np.uint8) for r in rows])
-    if table.shape != (5000, SIZE * SIZE + 1):
-        raise ScoregeoError(f"{path} holds a table of shape {table.shape}; 5000 rows of 785 values were expected")
+        values = np.array(fh.read().split(), dtype=object)
+    if len(values) != 5000:
+        raise ScoregeoError(f"{path} holds {len(values)} rows; 5000 rows of 785 values were expected")
+    table = np.array(",".join(values).split(","), dtype=np.uint8).reshape(5000, SIZE * SIZE + 1)
     images = torch.from_numpy(table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, SIZE, SIZE)
     return images, torch.from_numpy(table[:, -1].astype(np.int64))
 
