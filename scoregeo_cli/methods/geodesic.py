@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from scoregeo_cli.errors import NonFiniteError, ScoregeoError
-from scoregeo_cli.geometry.shooting import end_tangent
+from scoregeo_cli.api import extrapolate, geodesic
 from scoregeo_cli.methods.base import Method, MethodPath, Plan
 from scoregeo_cli.spaces.base import Endpoints
 
@@ -21,7 +21,8 @@ def check_solver(solver, metric) -> None:
 
 
 class Geodesic(Method):
-    """The geodesic of a metric, solved by a solver and extrapolated by ``extrapolate``.
+    """The geodesic of a metric, solved by a solver and extrapolated by ``extrapolate``,
+    both through the public API (``scoregeo_cli.api.geodesic`` and ``extrapolate``).
 
     Args:
         metric: this method's own metric (a partial completed with the run's score), for
@@ -50,25 +51,28 @@ class Geodesic(Method):
         return self._metric, self.solver or plan.solver
 
     def __call__(self, ends: Endpoints, plan: Plan, generator: torch.Generator) -> MethodPath:
+        # the public API's functions: `scoregeo run` and Python users share one implementation
         metric, solver = self.resolve(plan)
         n_pairs, evals0 = len(ends.a), metric.score.calls
         try:
-            result = solver(metric, ends.a, ends.b)
+            geo = geodesic(metric.score, ends.a, ends.b, metric=metric, solver=solver, nodes=solver.nodes)
         except NonFiniteError as err:  # e.g. the conformal weights overflow at small t
             nan = torch.full((n_pairs, plan.nodes, ends.a.shape[-1]), float("nan"), dtype=ends.a.dtype,
                              device=ends.a.device)
-            return MethodPath(nan, None, score_evals=metric.score.calls - evals0,
-                              error=str(err))
-        path = result.path.detach()
-        self.report = (f"{result.score_evals} batched score evaluations, {result.iterations} iterations, "
-                       f"{int(result.converged.sum())}/{n_pairs} converged, {result.seconds:.2f} s")
-        energy = None if metric is not plan.metric else result.energy.detach()  # rows report the run's metric
-        out = MethodPath(path, None, score_evals=result.score_evals, seconds=result.seconds / n_pairs, energy=energy)
+            return MethodPath(nan, None, score_evals=metric.score.calls - evals0, error=str(err))
+        path = geo.path
+        self.report = (f"{geo.score_evals} batched score evaluations, {geo.iterations} iterations, "
+                       f"{int(geo.converged.sum())}/{n_pairs} converged, {geo.seconds:.2f} s")
+        energy = None if metric is not plan.metric else geo.energy  # rows report the run's metric
+        out = MethodPath(path, None, score_evals=geo.score_evals, seconds=geo.seconds / n_pairs, energy=energy)
         if plan.extrapolate and not getattr(metric, "has_geodesic_equation", True):
             self.report += f"; no extrapolation: {type(metric).__name__} has no geodesic equation here"
         elif plan.extrapolate:
-            shot = plan.shooter(metric, path[:, -1], end_tangent(path))
-            out.extrapolation = shot.path.detach()
+            shooter = plan.shooter
+            shot = extrapolate(geo, shooter.duration, shooter.steps, method=shooter.method,
+                               substeps=shooter.substeps, rtol=shooter.rtol, atol=shooter.atol,
+                               max_evals=shooter.max_evals)
+            out.extrapolation = shot.path
             out.ext_score_evals, out.ext_seconds = shot.score_evals, shot.seconds / n_pairs
             if shot.error is None:
                 self.report += f"; shooting: {shot.score_evals} score evaluations, {shot.seconds:.1f} s"
