@@ -487,7 +487,8 @@ def _build_metric(score, metric, lam, normalize, shape, options: dict) -> "Metri
         own = metric.score
         if score is not None and score is not own and score is not getattr(own, "fn", None):
             raise ArgumentError("score must be None or the metric object's own score when metric is a metric object")
-        if own is None or own.dim and own.dim != _prod(shape):
+        free = isinstance(own, _score_field_type()[0]) and own.shape is None  # takes any dimension
+        if own is None or (not free and own.dim and own.dim != _prod(shape)):
             raise ArgumentError(f"a has points of shape {shape} but the metric's score works on "
                                 f"{getattr(own, 'dim', None)} values per point")
         own_shape = getattr(own, "shape", None)
@@ -548,7 +549,7 @@ def _build_solver(solver, nodes, metric: "Metric", options: dict):
 
 def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, metric: "str | Metric" = "stein",
              lam: float | None = None, normalize: str = "none", nodes: int = 16,
-             solver: str = "gauss_newton", init: "torch.Tensor | None" = None, **options) -> "Geodesic":
+             solver: str = "gauss_newton", init: "torch.Tensor | None" = None, **options: Any) -> "Geodesic":
     """Geodesics of a score-based metric between P pairs of points, solved together.
 
     Minimises the discrete curve energy of a path of ``nodes`` nodes with fixed ends (a
@@ -578,7 +579,8 @@ def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, me
             solver: ``max_evals`` (budget of batched score evaluations), ``gtol`` (relative
             gradient tolerance of ``converged``), ``warm_start``, ``max_damping``
             (gauss_newton), ``tol``, ``min_step`` (fixed_point), ``lr``, ``tol``,
-            ``freeze_score`` (lbfgs, adam). Defaults are those of ``scoregeo run``.
+            ``freeze_score`` (lbfgs, adam). Defaults are those of ``scoregeo run``; in
+            float32 a ``gtol`` of about 1e-5 is reachable, the default 1e-8 is not.
 
     Returns:
         A ``Geodesic``: the path (P, nodes, *shape) and its energy, g-length, convergence
@@ -601,7 +603,7 @@ def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, me
         raise ArgumentError(f"{sorted(options)[0]} is not an option of metric "
                             f"{metric if isinstance(metric, str) else type(metric).__name__!r} or solver "
                             f"{solver if isinstance(solver, str) else type(solver).__name__!r}")
-    flat_a, flat_b = a.reshape(p, d), b.reshape(p, d)
+    flat_a, flat_b = a.detach().reshape(p, d), b.detach().reshape(p, d)  # no gradient through the solve
     start = None
     if init is not None:
         init = _tensor("init", init, 3, f" of shape (P, nodes, *shape) = ({p}, {solver_obj.nodes}, "
@@ -627,7 +629,8 @@ class Geodesic:
 
     Attributes:
         path: (P, N, *shape) the nodes, a and b included (node j at t = j / (N - 1)).
-        energy: (P,) the discrete curve energy of the path under the metric.
+        energy: (P,) the discrete curve energy of the path under the metric, about
+            1/2 int_0^1 g(x', x') dt (squared data units; length^2 / 2 at constant speed).
         converged: (P,) bool: the true energy gradient fell below ``gtol`` times its value
             on the starting path.
         grad_rel: (P,) that gradient norm over its starting value.
@@ -640,8 +643,8 @@ class Geodesic:
             measuring other paths.
         shape: the shape of one point.
 
-    ``length`` (P,) is the continuous g-length of the curve through the nodes, computed on
-    first access (dense Gauss-Legendre quadrature: score evaluations of its own, not counted
+    ``length`` (P,) is the continuous g-length of the curve through the nodes (data units),
+    computed on first access (dense Gauss-Legendre quadrature: score evaluations of its own, not counted
     above). ``at(t)`` evaluates the curve between the nodes.
     """
 
