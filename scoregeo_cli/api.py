@@ -160,11 +160,12 @@ def _prod(shape: Sequence[int]) -> int:
 
 # ----------------------------------------------------------------------------- scores
 
-def _score_field_type():
-    """The ScoreField subclass that wraps a plain callable (built on first use: it needs torch)."""
-    global _FunctionScore
-    if _FunctionScore is not None:
-        return _FunctionScore
+def _score_types():
+    """(FunctionScore, NoScore): the score fields that wrap a plain callable and stand in for
+    no score (built on first use, as they need torch)."""
+    global _SCORE_TYPES
+    if _SCORE_TYPES is not None:
+        return _SCORE_TYPES
     import torch
 
     from scoregeo_cli.scores.base import ScoreField
@@ -201,11 +202,11 @@ def _score_field_type():
         def _score(self, x):  # pragma: no cover - the Euclidean metric never calls it
             return torch.zeros_like(x)
 
-    _FunctionScore = (FunctionScore, NoScore)
-    return _FunctionScore
+    _SCORE_TYPES = (FunctionScore, NoScore)
+    return _SCORE_TYPES
 
 
-_FunctionScore = None
+_SCORE_TYPES = None
 
 
 def as_score_field(score, shape: Sequence[int] | None = None) -> "ScoreField":
@@ -224,7 +225,7 @@ def as_score_field(score, shape: Sequence[int] | None = None) -> "ScoreField":
     if not callable(score):
         raise ArgumentError(f"score must be a callable x -> s(x) on a batch of points (B, *shape), "
                             f"got {type(score).__name__}")
-    return _score_field_type()[0](score, shape)
+    return _score_types()[0](score, shape)
 
 
 def _unet_sample_shape(unet) -> tuple[int, ...] | None:
@@ -307,8 +308,6 @@ class _UNetEps:
 def _unet_score(unet, scheduler, t, sample_shape, chunk_size, conditioning) -> "ScoreField":
     import torch
 
-    from scoregeo_cli.scores.eps import EpsScoreField
-
     if not isinstance(unet, torch.nn.Module):
         raise ArgumentError(f"unet must be a torch module (a diffusers UNet), got {type(unet).__name__}")
     abar = _alphas_cumprod(scheduler)
@@ -322,21 +321,36 @@ def _unet_score(unet, scheduler, t, sample_shape, chunk_size, conditioning) -> "
     if chunk_size is not None:
         _integer("chunk_size", chunk_size, 1)
     eps = _UNetEps(unet, abar, _prediction_type(scheduler), conditioning)
+    score = _unet_score_type()(eps, shape, level, abar, chunk_size)
+    score.unet = unet
+    return score
 
-    class UNetScore(EpsScoreField):
+
+def _unet_score_type():
+    """The score field of a diffusers UNet (built on first use, as it needs torch)."""
+    global _UNET_SCORE
+    if _UNET_SCORE is not None:
+        return _UNET_SCORE
+    import torch
+
+    from scoregeo_cli.scores.eps import EpsScoreField
+
+    class DiffusersUNetScore(EpsScoreField):
         """s(x) = -eps(x, t) / sqrt(1 - abar_t) of a diffusers UNet; called on flat points
         (B, D) or on samples (B, *shape)."""
 
         def __call__(self, x: torch.Tensor) -> torch.Tensor:
-            if x.dim() >= len(self.shape) and tuple(x.shape[x.dim() - len(self.shape):]) == self.shape \
-                    and len(self.shape) > 1:
-                lead = x.shape[:x.dim() - len(self.shape)]
+            n = len(self.shape)
+            if n > 1 and x.dim() >= n and tuple(x.shape[x.dim() - n:]) == self.shape:
+                lead = x.shape[:x.dim() - n]
                 return super().__call__(x.reshape(*lead, self.dim)).reshape(x.shape)
             return super().__call__(x)
 
-    score = UNetScore(eps, shape, level, abar, chunk_size)
-    score.unet = unet
-    return score
+    _UNET_SCORE = DiffusersUNetScore
+    return _UNET_SCORE
+
+
+_UNET_SCORE = None
 
 
 def score_from_unet(unet: "torch.nn.Module", scheduler, t: int, *, sample_shape: Sequence[int] | None = None,
@@ -487,7 +501,7 @@ def _build_metric(score, metric, lam, normalize, shape, options: dict) -> "Metri
         own = metric.score
         if score is not None and score is not own and score is not getattr(own, "fn", None):
             raise ArgumentError("score must be None or the metric object's own score when metric is a metric object")
-        free = isinstance(own, _score_field_type()[0]) and own.shape is None  # takes any dimension
+        free = isinstance(own, _score_types()[0]) and own.shape is None  # takes any dimension
         if own is None or (not free and own.dim and own.dim != _prod(shape)):
             raise ArgumentError(f"a has points of shape {shape} but the metric's score works on "
                                 f"{getattr(own, 'dim', None)} values per point")
@@ -588,6 +602,8 @@ def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, me
 
     Raises:
         ValueError: a bad argument, named in one sentence.
+        scoregeo_cli.errors.NonFiniteError: the score returned NaN or Inf (the message names
+            the evaluation).
     """
     a, b = _ends(a, b)
     shape = tuple(a.shape[1:])

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from scoregeo_cli.api import ArgumentError, _as_argument_errors, _choice, _integer, _number, _prod, _score_field_type, \
-    as_score_field
+from scoregeo_cli.api import (ArgumentError, _as_argument_errors, _choice, _integer, _number, _prod, _score_types,
+                              as_score_field)
 from scoregeo_cli.geometry.conformal import ConformalMetric
 from scoregeo_cli.geometry.euclidean import EuclideanMetric
 from scoregeo_cli.geometry.metrics import INTERPOLATION, NORMALIZE, SteinMetric
@@ -236,7 +236,7 @@ class Euclidean(_Shaped, EuclideanMetric):
     def __init__(self, score: Callable | None = None, *, shape: Sequence[int] | None = None):
         if score is None:
             self.shape = _shape(shape)
-            field = _score_field_type()[1]()
+            field = _score_types()[1]()
             field.dim = _prod(self.shape) if self.shape is not None else 0
         else:
             field = _field(self, score, shape)
