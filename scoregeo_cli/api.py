@@ -118,7 +118,7 @@ def _choice(name: str, value, choices: Sequence[str]) -> str:
     return value
 
 
-def _tensor(name: str, value, min_dim: int = 1, what: str = "") -> "torch.Tensor":
+def _tensor(name: str, value, min_dim: int = 1, what: str = "") -> torch.Tensor:
     import torch
 
     if not isinstance(value, torch.Tensor):
@@ -134,7 +134,7 @@ def _tensor(name: str, value, min_dim: int = 1, what: str = "") -> "torch.Tensor
     return value
 
 
-def _like(name: str, value: "torch.Tensor", other: "torch.Tensor", other_name: str) -> None:
+def _like(name: str, value: torch.Tensor, other: torch.Tensor, other_name: str) -> None:
     if value.shape != other.shape:
         raise ArgumentError(f"{name} has shape {tuple(value.shape)} but {other_name} has {tuple(other.shape)}")
     if value.dtype != other.dtype:
@@ -209,7 +209,7 @@ def _score_types():
 _SCORE_TYPES = None
 
 
-def as_score_field(score, shape: Sequence[int] | None = None) -> "ScoreField":
+def as_score_field(score, shape: Sequence[int] | None = None) -> ScoreField:
     """The internal score field of ``score`` (a callable on batches (B, *shape), or already
     a score field of scoregeo), on flat points of dimension prod(shape)."""
     from scoregeo_cli.scores.base import ScoreField
@@ -237,7 +237,7 @@ def _unet_sample_shape(unet) -> tuple[int, ...] | None:
     return int(channels), int(h), int(w)
 
 
-def _alphas_cumprod(scheduler) -> "torch.Tensor":
+def _alphas_cumprod(scheduler) -> torch.Tensor:
     import torch
 
     abar = scheduler if isinstance(scheduler, torch.Tensor) else getattr(scheduler, "alphas_cumprod", None)
@@ -253,7 +253,7 @@ def _prediction_type(scheduler) -> str:
     return _choice("scheduler.config.prediction_type", kind or "epsilon", ("epsilon", "v_prediction", "sample"))
 
 
-def _level(t, abar: "torch.Tensor") -> int:
+def _level(t, abar: torch.Tensor) -> int:
     n = abar.numel()
     if hasattr(t, "numel") and t.numel() == 1 and not t.is_floating_point():
         t = t.item()
@@ -262,7 +262,7 @@ def _level(t, abar: "torch.Tensor") -> int:
     return int(t)
 
 
-def _conditioning(name: str, value, unet) -> "torch.Tensor":
+def _conditioning(name: str, value, unet) -> torch.Tensor:
     import torch
 
     if not isinstance(value, torch.Tensor) or value.dim() not in (2, 3) or (value.dim() == 3 and value.shape[0] != 1):
@@ -279,10 +279,10 @@ class _UNetEps:
     device; the network runs in its own dtype on its own device. v- and x0-predicting models
     are converted to the noise they imply."""
 
-    def __init__(self, unet, abar: "torch.Tensor", prediction_type: str, conditioning=None):
+    def __init__(self, unet, abar: torch.Tensor, prediction_type: str, conditioning=None):
         self.unet, self.abar, self.prediction_type, self.conditioning = unet, abar, prediction_type, conditioning
 
-    def __call__(self, x: "torch.Tensor", t: int) -> "torch.Tensor":
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
         import torch
 
         param = next(iter(self.unet.parameters()), None)
@@ -305,7 +305,7 @@ class _UNetEps:
         return (x - abar.sqrt() * out) / (1 - abar).sqrt()
 
 
-def _unet_score(unet, scheduler, t, sample_shape, chunk_size, conditioning) -> "ScoreField":
+def _unet_score(unet, scheduler, t, sample_shape, chunk_size, conditioning) -> ScoreField:
     import torch
 
     if not isinstance(unet, torch.nn.Module):
@@ -353,8 +353,8 @@ def _unet_score_type():
 _UNET_SCORE = None
 
 
-def score_from_unet(unet: "torch.nn.Module", scheduler, t: int, *, sample_shape: Sequence[int] | None = None,
-                    chunk_size: int | None = 64) -> "ScoreField":
+def score_from_unet(unet: torch.nn.Module, scheduler: Any, t: int, *, sample_shape: Sequence[int] | None = None,
+                    chunk_size: int | None = 64) -> ScoreField:
     """The score of a diffusers noise-prediction UNet at diffusion level t.
 
     s(x_t) = -eps_theta(x_t, t) / sqrt(1 - abar_t), the score of the noisy marginal at level
@@ -386,9 +386,9 @@ def score_from_unet(unet: "torch.nn.Module", scheduler, t: int, *, sample_shape:
     return _unet_score(unet, scheduler, t, sample_shape, chunk_size, None)
 
 
-def score_from_conditional_unet(unet: "torch.nn.Module", scheduler, t: int, encoder_hidden_states: "torch.Tensor",
+def score_from_conditional_unet(unet: torch.nn.Module, scheduler: Any, t: int, encoder_hidden_states: torch.Tensor,
                                 *, sample_shape: Sequence[int] | None = None,
-                                chunk_size: int | None = 8) -> "ScoreField":
+                                chunk_size: int | None = 8) -> ScoreField:
     """The score of a conditional diffusers UNet (``UNet2DConditionModel``, e.g. Stable
     Diffusion's, on its latents) at level t, under one fixed conditioning.
 
@@ -414,7 +414,7 @@ def score_from_conditional_unet(unet: "torch.nn.Module", scheduler, t: int, enco
 
 # ----------------------------------------------------------------------------- diffusion steps
 
-def noise(x0: "torch.Tensor", eps: "torch.Tensor", t: int, scheduler) -> "torch.Tensor":
+def noise(x0: torch.Tensor, eps: torch.Tensor, t: int, scheduler) -> torch.Tensor:
     """Forward-noise clean samples to level t: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
 
     The same ``eps`` for both ends of a pair gives the shared-noise endpoints of the paper's
@@ -438,8 +438,8 @@ def noise(x0: "torch.Tensor", eps: "torch.Tensor", t: int, scheduler) -> "torch.
     return noise_to(x0, eps, _level(t, abar), abar)
 
 
-def denoise(unet: "torch.nn.Module", scheduler, x_t: "torch.Tensor", t: int, steps: int = 20, *,
-            encoder_hidden_states: "torch.Tensor | None" = None, batch_size: int = 64) -> "torch.Tensor":
+def denoise(unet: torch.nn.Module, scheduler: Any, x_t: torch.Tensor, t: int, steps: int = 20, *,
+            encoder_hidden_states: torch.Tensor | None = None, batch_size: int = 64) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) from level t to clean samples, ``steps + 1`` network
     passes per sample (the levels t = t_0 > ... > 0 evenly spaced, then to abar = 1).
 
@@ -488,7 +488,7 @@ def denoise(unet: "torch.nn.Module", scheduler, x_t: "torch.Tensor", t: int, ste
 
 # ----------------------------------------------------------------------------- geodesics
 
-def _build_metric(score, metric, lam, normalize, shape, options: dict) -> "Metric":
+def _build_metric(score, metric, lam, normalize, shape, options: dict) -> Metric:
     """The metric object of ``geodesic``'s arguments (consuming its options from ``options``)."""
     from scoregeo_cli import metrics as public
     from scoregeo_cli.geometry.metrics import Metric
@@ -531,7 +531,7 @@ def _build_metric(score, metric, lam, normalize, shape, options: dict) -> "Metri
     return public.Conformal(score, shape=shape, **kwargs)
 
 
-def _build_solver(solver, nodes, metric: "Metric", options: dict):
+def _build_solver(solver, nodes, metric: Metric, options: dict):
     """The solver object of ``geodesic``'s arguments (consuming its options from ``options``)."""
     from scoregeo_cli.geometry.solvers import FixedPointSolver, GaussNewtonSolver, OptimizerSolver
 
@@ -561,9 +561,9 @@ def _build_solver(solver, nodes, metric: "Metric", options: dict):
     return built
 
 
-def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, metric: "str | Metric" = "stein",
+def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric: str | Metric = "stein",
              lam: float | None = None, normalize: str = "none", nodes: int = 16,
-             solver: str = "gauss_newton", init: "torch.Tensor | None" = None, **options: Any) -> "Geodesic":
+             solver: str | Callable = "gauss_newton", init: torch.Tensor | None = None, **options: Any) -> Geodesic:
     """Geodesics of a score-based metric between P pairs of points, solved together.
 
     Minimises the discrete curve energy of a path of ``nodes`` nodes with fixed ends (a
@@ -633,7 +633,7 @@ def geodesic(score: Callable | None, a: "torch.Tensor", b: "torch.Tensor", *, me
     return Geodesic(result, metric_obj, shape)
 
 
-def _grad_rel(result) -> "torch.Tensor":
+def _grad_rel(result) -> torch.Tensor:
     import torch
 
     g, g0 = result.grad_norm, result.grad_norm0
@@ -664,7 +664,7 @@ class Geodesic:
     above). ``at(t)`` evaluates the curve between the nodes.
     """
 
-    def __init__(self, result, metric: "Metric", shape: tuple[int, ...]):
+    def __init__(self, result, metric: Metric, shape: tuple[int, ...]):
         p, n = result.path.shape[:2]
         self._result, self.metric, self.shape = result, metric, tuple(shape)
         self._flat = result.path.detach()
@@ -684,11 +684,11 @@ class Geodesic:
         return self.path.shape[1]
 
     @cached_property
-    def length(self) -> "torch.Tensor":
+    def length(self) -> torch.Tensor:
         """(P,) continuous g-length int_0^1 sqrt(g(x', x')) dt of the curve through the nodes."""
         return self.metric.length(self._flat).detach()
 
-    def at(self, t: "float | Sequence[float] | torch.Tensor") -> "torch.Tensor":
+    def at(self, t: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """Points of the curve the solver's energy is defined on (the metric's interpolation
         through the nodes: the not-a-knot cubic spline for the stein metric's default, else
         the polygon) at parameters t in [0, 1]: (P, len(t), *shape)."""
@@ -710,7 +710,7 @@ class Geodesic:
                 f"network_passes={self.network_passes})")
 
 
-def _curve_basis(nodes: int, interpolation: str, t) -> "Any":
+def _curve_basis(nodes: int, interpolation: str, t) -> Any:
     """(len(t), nodes) weights of the nodes at parameters t (numpy, float64)."""
     import numpy as np
 
@@ -741,7 +741,7 @@ class Extrapolation:
             seconds: wall time.
     """
 
-    def __init__(self, shot, t: "torch.Tensor", shape: tuple[int, ...], passes: int):
+    def __init__(self, shot, t: torch.Tensor, shape: tuple[int, ...], passes: int):
         p, m = shot.path.shape[:2]
         self.path = shot.path.reshape(p, m, *shape)
         self.t, self.error = t, shot.error
@@ -756,8 +756,8 @@ class Extrapolation:
         return f"Extrapolation(path={tuple(self.path.shape)}, error={self.error!r}, network_passes={self.network_passes})"
 
 
-def extrapolate(geodesic_or_state: "Geodesic | tuple[torch.Tensor, torch.Tensor]", duration: float = 0.5,
-                steps: int = 8, *, metric: "Metric | None" = None, method: str = "dopri5", substeps: int = 2,
+def extrapolate(geodesic_or_state: Geodesic | tuple[torch.Tensor, torch.Tensor], duration: float = 0.5,
+                steps: int = 8, *, metric: Metric | None = None, method: str = "dopri5", substeps: int = 2,
                 rtol: float = 1e-4, atol: float = 1e-6, max_evals: int = 1000) -> Extrapolation:
     """Shoot along the geodesic equation of the metric, past b.
 
