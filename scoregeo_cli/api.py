@@ -414,7 +414,7 @@ def score_from_conditional_unet(unet: torch.nn.Module, scheduler: Any, t: int, e
 
 # ----------------------------------------------------------------------------- diffusion steps
 
-def noise(x0: torch.Tensor, eps: torch.Tensor, t: int, scheduler) -> torch.Tensor:
+def noise(x0: torch.Tensor, eps: torch.Tensor, t: int, scheduler: Any) -> torch.Tensor:
     """Forward-noise clean samples to level t: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
 
     The same ``eps`` for both ends of a pair gives the shared-noise endpoints of the paper's
