@@ -41,6 +41,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from scoregeo_cli import weights
 from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.reporting import progress
 
 # Smallest shorter side, in pixels, at which each LPIPS trunk runs: AlexNet's stride-4 conv
 # and two 3x3 stride-2 max-pools leave no spatial extent below 31 px; VGG16's four 2x2
@@ -253,7 +254,7 @@ def to_uint8(images: Tensor) -> Tensor:
 
 
 def inception_features(images: Tensor, batch_size: int = 32,
-                       resize: str = "tf1_bilinear") -> Tensor:
+                       resize: str = "tf1_bilinear", show_progress: bool = True) -> Tensor:
     """2048-d Inception pool features, the representation of FID and KID.
 
     Args:
@@ -277,9 +278,12 @@ def inception_features(images: Tensor, batch_size: int = 32,
     if batch_size < 1:
         raise ScoregeoError(f"batch_size must be at least 1; got {batch_size}.")
     model = _inception(images.device, resize)
-    with torch.no_grad():
-        features = [model(to_uint8(_rgb(images[i:i + batch_size])))
-                    for i in range(0, images.shape[0], batch_size)]
+    features = []
+    with torch.no_grad(), progress.bar(images.shape[0], "Inception features", "image",
+                                       disable=not show_progress) as bar:
+        for i in range(0, images.shape[0], batch_size):
+            features.append(model(to_uint8(_rgb(images[i:i + batch_size]))))
+            bar.update(len(features[-1]))
     if not features:
         return torch.zeros(0, INCEPTION_FEATURES, device=images.device)
     return torch.cat(features)
@@ -468,5 +472,9 @@ def folder_features(folder: str | Path, batch_size: int = 32,
     :func:`load_image`'s division by 255); see :func:`inception_features` for ``resize``.
     """
     files = list_images(folder)
-    return torch.cat([inception_features(batch, batch_size, resize)
-                      for batch in _batches_by_size(files, batch_size)])
+    features = []
+    with progress.bar(len(files), f"Inception features of {folder}", "image") as bar:
+        for batch in _batches_by_size(files, batch_size):
+            features.append(inception_features(batch, batch_size, resize, show_progress=False))
+            bar.update(len(batch))
+    return torch.cat(features)

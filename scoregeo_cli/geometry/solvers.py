@@ -30,6 +30,7 @@ import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
 from scoregeo_cli.geometry.metrics import Metric
+from scoregeo_cli.reporting import progress as _progress
 
 
 @dataclass
@@ -57,6 +58,31 @@ class GeodesicResult:
     vjp_evals: int = 0
     score_points: int = 0
     vjp_points: int = 0
+
+
+class SolveProgress:
+    """The progress bar of one solve (``reporting.progress``): batched score evaluations
+    spent of the budget, the summed energy of the pairs' paths and, where the solver knows
+    it, the largest gradient norm relative to its start. It only reads the solver's values."""
+
+    def __init__(self, name: str, metric: Metric, budget: int):
+        self.metric, self.evals0 = metric, metric.score.calls
+        self.bar = _progress.bar(int(budget), name, "eval")
+
+    def update(self, energy: torch.Tensor, grad_rel: torch.Tensor | None = None) -> None:
+        if self.bar.disable:
+            return
+        self.bar.update(max(0, self.metric.score.calls - self.evals0 - self.bar.n))
+        post = {"energy": f"{float(energy.detach().sum()):.5g}"}
+        if grad_rel is not None and grad_rel.numel():
+            post["grad_rel"] = f"{float(grad_rel.max()):.2g}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def __enter__(self) -> "SolveProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
 
 
 def gradient_norm(metric: Metric, path: torch.Tensor) -> torch.Tensor:
@@ -208,6 +234,11 @@ class FixedPointSolver:
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
+        with SolveProgress("fixed-point solve", metric, self.max_evals) as progress:
+            return self._solve(metric, a, b, init, progress)
+
+    def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
+               progress: SolveProgress) -> GeodesicResult:
         start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path = straight_path(a, b, self.nodes) if init is None else init.clone()
         path0 = path
@@ -237,6 +268,7 @@ class FixedPointSolver:
                 energy = torch.where(accept, trial_energy, energy)
                 step = torch.where(accept, (2 * step).clamp(max=1.0), torch.where(active, step / 2, step))
                 trace.append(energy.tolist())
+                progress.update(energy)
         result = GeodesicResult(path, energy, metric.score.calls - evals0, 0.0, done, it, trace)
         result = _finish(metric, result, path0, self.gtol, points0)
         result.seconds = time.perf_counter() - start
@@ -278,6 +310,12 @@ class OptimizerSolver:
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
+        name = "Adam solve" if self.optimizer == "adam" else "L-BFGS solve"
+        with SolveProgress(name, metric, self.max_evals) as progress:
+            return self._solve(metric, a, b, init, progress)
+
+    def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
+               progress: SolveProgress) -> GeodesicResult:
         start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path0 = straight_path(a, b, self.nodes) if init is None else init
         interior = path0[:, 1:-1].clone().requires_grad_(True)
@@ -302,6 +340,7 @@ class OptimizerSolver:
             total = energy.sum()
             total.backward()
             trace.append(energy.detach().tolist())
+            progress.update(energy)
             return total
 
         if self.optimizer == "adam":
@@ -421,6 +460,11 @@ class GaussNewtonSolver:
         if not hasattr(metric, "evaluate"):  # no residual structure: L-BFGS on its energy
             return OptimizerSolver(self.nodes, "lbfgs", 1.0, max(self.max_evals, 2), 1e-12,
                                    gtol=self.gtol)(metric, a, b, init)
+        with SolveProgress("Gauss-Newton solve", metric, self.max_evals) as progress:
+            return self._solve(metric, a, b, init, progress)
+
+    def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
+               progress: SolveProgress) -> GeodesicResult:
         start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path = straight_path(a, b, self.nodes) if init is None else init.clone()
         path0 = path
@@ -507,6 +551,7 @@ class GaussNewtonSolver:
                 pending[sel[stalled]] = False
             done[active[pending]] = True  # budget spent in the line search
             trace.append(energy.tolist())
+            progress.update(energy, gnorm / gnorm0)
             active = idx_all[~done]
             if active.numel() == 0 or metric.score.calls - evals0 >= self.max_evals:
                 break

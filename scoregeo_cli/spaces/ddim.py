@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
+from scoregeo_cli.reporting import progress
 
 # eps_model(x_t of shape (B, *shape), t: int) -> predicted noise, same shape
 EpsModel = Callable[[torch.Tensor, int], torch.Tensor]
@@ -67,15 +68,18 @@ def ddim_denoise(eps_model: EpsModel, x_t: torch.Tensor, t: int, alphas_cumprod:
     """
     grid = ddim_grid(t, steps)
     out = []
-    for chunk in x_t.split(batch_size):
-        x = chunk
-        for i, level in enumerate(grid):
-            abar = alphas_cumprod[level].to(x.dtype)
-            nxt = alphas_cumprod[grid[i + 1]].to(x.dtype) if i + 1 < len(grid) else torch.tensor(final_alpha, dtype=x.dtype)
-            eps = eps_model(x, level)
-            check_finite(eps, "the noise prediction", f"DDIM level {level}")
-            x = _ddim_move(x, eps, abar, nxt)
-        out.append(x)
+    chunks = x_t.split(batch_size)
+    with progress.bar(len(chunks) * len(grid), f"DDIM from level {t} to 0", "call") as bar:
+        for chunk in chunks:
+            x = chunk
+            for i, level in enumerate(grid):
+                abar = alphas_cumprod[level].to(x.dtype)
+                nxt = alphas_cumprod[grid[i + 1]].to(x.dtype) if i + 1 < len(grid) else torch.tensor(final_alpha, dtype=x.dtype)
+                eps = eps_model(x, level)
+                check_finite(eps, "the noise prediction", f"DDIM level {level}")
+                x = _ddim_move(x, eps, abar, nxt)
+                bar.update(1)
+            out.append(x)
     return torch.cat(out)
 
 
@@ -85,12 +89,15 @@ def ddim_invert(eps_model: EpsModel, x0: torch.Tensor, t: int, alphas_cumprod: t
     """Deterministic DDIM inversion of clean samples (B, *shape) up to level t."""
     grid = ddim_grid(t, steps)[::-1]  # ascending, from 0 (or near) to t
     out = []
-    for chunk in x0.split(batch_size):
-        x = chunk
-        for i in range(len(grid) - 1):
-            lo, hi = grid[i], grid[i + 1]
-            eps = eps_model(x, lo)
-            check_finite(eps, "the noise prediction", f"DDIM inversion level {lo}")
-            x = _ddim_move(x, eps, alphas_cumprod[lo].to(x.dtype), alphas_cumprod[hi].to(x.dtype))
-        out.append(x)
+    chunks = x0.split(batch_size)
+    with progress.bar(len(chunks) * (len(grid) - 1), f"DDIM inversion to level {t}", "call") as bar:
+        for chunk in chunks:
+            x = chunk
+            for i in range(len(grid) - 1):
+                lo, hi = grid[i], grid[i + 1]
+                eps = eps_model(x, lo)
+                check_finite(eps, "the noise prediction", f"DDIM inversion level {lo}")
+                x = _ddim_move(x, eps, alphas_cumprod[lo].to(x.dtype), alphas_cumprod[hi].to(x.dtype))
+                bar.update(1)
+            out.append(x)
     return torch.cat(out)
