@@ -4,7 +4,9 @@ A run folder is complete when ``DONE`` exists; it is written last, after
 ``metrics.jsonl`` and ``summary.json``, each of which is written to a temporary file and
 renamed into place, so an interrupted run never leaves a summary that looks complete. A
 run that starts removes the results and marker an earlier, unfinished attempt left, and
-holds ``.lock`` (an advisory ``flock``) for as long as it writes into its folder.
+holds ``.lock`` (an advisory ``flock``) for as long as it writes into its folder; the lock
+file goes when the run ends. Files get the permissions the umask gives a new file (0644
+under umask 022; executables such as ``command.sh`` 0755), as ``open`` would.
 """
 
 from __future__ import annotations
@@ -38,8 +40,26 @@ def os_error_sentence(err: OSError, action: str = "write", path: str | os.PathLi
     return f"cannot {action} {name}: {cause}" if name else f"cannot {action}: {cause}"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text to path via a temporary file in the same folder and a rename.
+_UMASK: list[int] = []
+
+
+def umask() -> int:
+    """The process's umask (read once: setting it is the only way to read it)."""
+    if not _UMASK:
+        current = os.umask(0o022)
+        os.umask(current)
+        _UMASK.append(current)
+    return _UMASK[0]
+
+
+def new_file_mode(executable: bool = False) -> int:
+    """The mode ``open`` gives a new file (0o666, or 0o777 for an executable, less the umask)."""
+    return (0o777 if executable else 0o666) & ~umask()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, executable: bool = False) -> None:
+    """Write text to path via a temporary file in the same folder and a rename; the file
+    gets the mode the umask gives a new (``executable``: runnable) file.
 
     A failed write (full disk, read-only or missing folder) leaves ``path`` as it was and
     raises ScoregeoError naming ``path`` and the cause.
@@ -49,6 +69,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, new_file_mode(executable))  # mkstemp makes it 0600
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -91,25 +112,41 @@ def clear_done(run_dir: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     """Hold ``<run_dir>/.lock`` (``flock``, released by the kernel if the process dies);
-    refuse in one sentence when another process holds it."""
+    refuse in one sentence when another process holds it. The lock file is removed when
+    the holder is done (while it still holds the lock); a process that locked a file that
+    was removed meanwhile locks the new one instead, so two processes never both hold it."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise ScoregeoError(os_error_sentence(err, "create", path)) from None
-    try:
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ScoregeoError(os_error_sentence(err, "create", path)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise ScoregeoError(f"run folder {run_dir} is in use by another scoregeo process (pid {holder}); "
                                 "wait for it to finish or choose another output_root") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder before removed the file after this process opened it: again
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
         os.close(fd)
 
 
@@ -150,21 +187,42 @@ def write_results(run_dir: str | os.PathLike, rows: list[dict]) -> dict:
     return summary
 
 
-def format_summary(summary: dict, metrics: list[str] | None = None) -> str:
-    """A plain-text table: methods as rows, metrics as columns, mean +- std."""
+def format_summary(summary: dict, metrics: list[str] | None = None, row_header: str = "method",
+                   width: int | None = None) -> str:
+    """A plain-text table: methods as rows (headed ``row_header``; names like
+    ``sigma=0.05`` under a ``sigma`` header lose the ``sigma=``), metrics as columns,
+    mean ± std. With ``width``, columns that do not fit continue in further blocks below,
+    each repeating the row names, so no line is longer than ``width``."""
     methods = list(summary)
     if metrics is None:
         metrics = []
         for m in methods:
             metrics += [k for k in summary[m] if k not in metrics]
-    cells = [["method"] + metrics]
-    for method in methods:
-        line = [method]
-        for metric in metrics:
+    prefix = f"{row_header}="
+    names = [m[len(prefix):] if all(n.startswith(prefix) for n in methods) else m for m in methods]
+    columns = []
+    for metric in metrics:
+        cells = []
+        for method in methods:
             e = summary[method].get(metric)
-            line.append("-" if e is None else f"{e['mean']:.4g} ± {e['std']:.2g}")
-        cells.append(line)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+            cells.append("-" if e is None else f"{e['mean']:.4g} ± {e['std']:.2g}")
+        columns.append([metric, *cells])
+    first = [row_header, *names]
+    lead = max(map(len, first))
+    blocks, block, used = [], [], lead
+    for column in columns:
+        w = max(map(len, column))
+        if block and width is not None and used + 2 + w > width:
+            blocks.append(block)
+            block, used = [], lead
+        block.append(column)
+        used += 2 + w
+    blocks.append(block)
+    out = []
+    for block in blocks:
+        table = [first, *block]
+        widths = [max(map(len, c)) for c in table]
+        rows = ["  ".join(c[i].ljust(w) for c, w in zip(table, widths)).rstrip() for i in range(len(first))]
+        rows.insert(1, "  ".join("-" * w for w in widths))
+        out.append("\n".join(rows))
+    return "\n\n".join(out)
