@@ -1,22 +1,25 @@
 """`scoregeo run` and `scoregeo train`: Hydra applications over the config tree in conf/.
 
-One run: compose the config, refuse bad values (types and ranges) in one sentence, take the
-run folder's lock, skip the run if its folder already holds a DONE marker of the same
-overrides (refuse if of others), record the config in ``.hydra/``, build the task from
-``cfg.task`` and let it compute rows of metrics, then write metrics.jsonl, summary.json and
-DONE (in that order). Every failure a user can cause ends in one sentence on stderr and
-exit code 2, nothing marked DONE.
+One run: compose the config; refuse bad values (types, ranges, NaN/Inf, a method named
+twice) and everything the task refuses while it builds what it needs (``task.prepare``), in
+one sentence with exit code 2, before anything is written (the folder Hydra made for the
+run is removed again); skip the run if its folder already holds a DONE marker of the same
+overrides (refuse if of others); take the run folder's lock, record the config in
+``.hydra/``, let the task compute rows of metrics, then write metrics.jsonl, summary.json
+and DONE (in that order). A failure leaves nothing marked DONE; Ctrl-C ends in one line
+and exit code 130. A sweep (``-m``) goes through scoregeo's sweeper
+(hydra_plugins/scoregeo_plugins), which checks every job (``check_job``) before any runs.
 """
-
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import hashlib
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,12 +27,14 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from scoregeo_cli import paths
-from scoregeo_cli.reporting import results
-from scoregeo_cli.build import check_config, check_value, instantiate
+from scoregeo_cli.reporting import progress, results
+from scoregeo_cli.build import check_config, check_finite, check_unique_methods, check_value, instantiate
 from scoregeo_cli.errors import ScoregeoError
 
 CONF_DIR = str(paths.CONF_DIR)
@@ -68,68 +73,75 @@ if not OmegaConf.has_resolver("dirname"):
     OmegaConf.register_new_resolver("dirname", run_dirname)
 
 
-_VALIDATED: dict = {}  # (master config id, job overrides) -> the job's config the sweeper composed
-_KEEP_VALIDATED = 64    # at most this many (about 0.3 MB each)
+def _register_plugins() -> None:
+    """scoregeo's sweeper and launcher (hydra_plugins/scoregeo_plugins), registered through
+    Hydra's public ``Plugins.register`` as well, for installs whose ``hydra_plugins``
+    namespace Hydra's scan does not reach (an editable install)."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.scoregeo_plugins.scoregeo_sweeper import ScoregeoLauncher, ScoregeoSweeper
+
+    for plugin in (ScoregeoSweeper, ScoregeoLauncher):
+        Plugins.instance().register(plugin)
 
 
-def _compose_each_job_once() -> None:
-    """Hydra's sweeper composes every job of a batch to check it (``validate_batch_is_legal``)
-    and an in-process launcher (basic) then composes it again; here the launcher gets the
-    config the check composed (the first _KEEP_VALIDATED of a batch). Launchers that compose
-    in other processes (joblib) compose there as before."""
+_register_plugins()
+
+
+# --------------------------------------------------------------------------- run folders
+
+_EXISTING: list[Path] = []  # the deepest folders that existed before Hydra made a run's or sweep's
+_ACTIVE: dict = {"run_dir": None}  # the run this process works on (named if it is interrupted)
+
+
+class RunFolders(Callback):
+    """Notes, before Hydra makes any folder, the deepest existing ancestor of the run folder
+    (or of a sweep's folder), so that a refused run removes exactly the folders made for it
+    and keeps every folder that was there before (conf/config.yaml: hydra.callbacks)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _note_existing(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _note_existing(config, "hydra.sweep.dir")
+
+
+def _note_existing(config: DictConfig, key: str) -> None:
     try:
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra.plugins.sweeper import Sweeper
-    except ImportError:  # another Hydra: keep its own behaviour
+        target = Path(str(OmegaConf.select(config, key))).absolute()
+    except Exception:  # noqa: BLE001  (a folder template that needs the job: nothing to note)
         return
-    if getattr(ConfigLoaderImpl.load_sweep_config, "reuses_validated", False):
-        return
-    compose = ConfigLoaderImpl.load_sweep_config
-
-    def validate_batch_is_legal(self, batch) -> None:
-        _VALIDATED.clear()
-        loader = getattr(self, "hydra_context", None)
-        loader = loader.config_loader if loader is not None else self.config_loader
-        with _reading_each_config_file_once():
-            for overrides in batch:
-                config = compose(loader, self.config, list(overrides))
-                if len(_VALIDATED) < _KEEP_VALIDATED:
-                    _VALIDATED[id(self.config), tuple(overrides)] = config
-
-    def load_sweep_config(self, master_config, sweep_overrides):
-        config = _VALIDATED.pop((id(master_config), tuple(sweep_overrides)), None)
-        return config if config is not None else compose(self, master_config, sweep_overrides)
-
-    load_sweep_config.reuses_validated = True
-    Sweeper.validate_batch_is_legal = validate_batch_is_legal
-    ConfigLoaderImpl.load_sweep_config = load_sweep_config
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is not None:
+        _EXISTING.append(existing)
 
 
-@contextlib.contextmanager
-def _reading_each_config_file_once():
-    """While one batch of jobs is composed, each config file is read and parsed once (Hydra
-    parses every file again for every job); the jobs get copies, which Hydra may change."""
+def remove_empty_folders(run_dir: Path, stop: Path | None = None) -> None:
+    """Remove ``run_dir`` and its parents while they are empty, up to (not including) the
+    deepest folder noted as existing before Hydra made them, or ``stop``; without either,
+    ``run_dir`` alone. Only empty folders are removed (``os.rmdir``): never a file."""
+    run_dir = Path(run_dir).absolute()
+    bounds = [p for p in _EXISTING if run_dir == p or p in run_dir.parents]
+    bound = max(bounds, key=lambda p: len(p.parts)) if bounds else None
+    if stop is not None:
+        stop = Path(stop).absolute()
+        bound = stop if bound is None or bound in stop.parents else bound  # the deeper of the two
+    folder = run_dir
+    while folder != bound and (bound is None or bound in folder.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if bound is None:
+            return
+        folder = folder.parent
+
+
+def job_folder(cfg: DictConfig) -> Path | None:
+    """The run folder of one job of a sweep (``hydra.sweep.dir/hydra.sweep.subdir``)."""
     try:
-        from hydra._internal.config_repository import ConfigRepository
-    except ImportError:  # another Hydra: keep its own behaviour
-        yield
-        return
-    original, parsed = ConfigRepository.load_config, {}
-
-    def load_config(self, config_path):
-        key = (tuple((type(s).__name__, s.path) for s in self.sources), config_path)
-        if key not in parsed:
-            parsed[key] = original(self, config_path)
-        return copy.deepcopy(parsed[key])
-
-    ConfigRepository.load_config = load_config
-    try:
-        yield
-    finally:
-        ConfigRepository.load_config = original
-
-
-_compose_each_job_once()
+        return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def one_sentence(text: str) -> str:
@@ -180,8 +192,9 @@ def _replay_command(subcommand: str) -> str:
     return "scoregeo " + " ".join([subcommand, *map(shlex.quote, overrides)]) + "\n"
 
 
-def check_types(cfg: DictConfig) -> None:
-    """Refuse mistyped top-level and eval values, then every node with a ``_target_``."""
+def check_types(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """Refuse mistyped top-level and eval values, then every node with a ``_target_``, NaN
+    and infinite numbers anywhere, and a method named twice in ``overrides``."""
     image_task = str(OmegaConf.select(cfg, "task._target_", default="")).endswith("ImageTask")
     def plain(value):
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -194,6 +207,9 @@ def check_types(cfg: DictConfig) -> None:
             if key in cfg.eval and not OmegaConf.is_missing(cfg.eval, key):
                 check_value(f"eval.{key}", plain(cfg.eval[key]), words)
     check_config(cfg)
+    check_finite(cfg)
+    if overrides:
+        check_unique_methods(overrides)
 
 
 def apply_threads(cfg: DictConfig) -> None:
@@ -219,9 +235,10 @@ def _configuration(overrides: list[str], experiment: str | None) -> set:
     return key | {("experiment", repr(experiment))}
 
 
-def check_same_run(run_dir: Path) -> None:
-    """Refuse to skip a finished run whose recorded overrides differ from the requested ones."""
-    hc = HydraConfig.get()
+def check_same_run(run_dir: Path, hydra_cfg=None) -> None:
+    """Refuse to skip a finished run whose recorded overrides differ from the requested ones
+    (``hydra_cfg``: the run's ``hydra`` node; default: the running job's)."""
+    hc = HydraConfig.get() if hydra_cfg is None else hydra_cfg
     requested = [str(o) for o in hc.overrides.task]
     record = run_dir / ".hydra" / "overrides.yaml"
     try:
@@ -237,6 +254,21 @@ def check_same_run(run_dir: Path) -> None:
                             f"requested [{' '.join(requested)}]; pass another output_root, or rerun=true to replace it")
 
 
+def check_job(cfg: DictConfig) -> None:
+    """Every refusal of one job of a sweep, from its composed config (``hydra`` node
+    included), in the launching process before any job starts: types and values, a finished
+    run of other overrides in its folder, and the task's own checks (``prepare``: everything
+    a run builds before it computes) unless the job will be skipped as finished."""
+    check_types(cfg, [str(o) for o in cfg.hydra.overrides.task])
+    folder = job_folder(cfg)
+    if folder is not None and not cfg.get("rerun") and results.is_done(folder):
+        check_same_run(folder, cfg.hydra)
+        return
+    task = instantiate(cfg.task)
+    if hasattr(task, "prepare"):
+        task.prepare(cfg)
+
+
 def record_config(run_dir: Path, cfg: DictConfig) -> None:
     """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` of this run (what Hydra
     writes itself with ``hydra.output_subdir``, written here only once the run folder's
@@ -247,72 +279,186 @@ def record_config(run_dir: Path, cfg: DictConfig) -> None:
     results.atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(HydraConfig.get().overrides.task))
 
 
+REFUSALS = (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError)
+
+
+def _sweep_dir() -> Path | None:
+    """The sweep's folder when this job is one of a sweep (a job never removes it)."""
+    hc = HydraConfig.get()
+    return Path(str(hc.sweep.dir)) if hc.mode == RunMode.MULTIRUN else None
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def run_experiment(cfg: DictConfig) -> dict | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    _ACTIVE["run_dir"] = run_dir
     try:
-        check_types(cfg)
+        with progress.activity(f"run {run_dir}"):
+            return _run(cfg, run_dir)
+    finally:
+        _ACTIVE["run_dir"] = None
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    # 1. refusals: nothing is written, and the folder Hydra made for the run goes again
+    try:
+        check_types(cfg, [str(o) for o in HydraConfig.get().overrides.task])
         apply_threads(cfg)
+        if not cfg.rerun and results.is_done(run_dir):
+            with results.run_lock(run_dir):
+                if results.is_done(run_dir):
+                    check_same_run(run_dir)
+                    print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
+                    return None
+        task = instantiate(cfg.task)
+        prepared = task.prepare(cfg) if hasattr(task, "prepare") else None
+    except (*REFUSALS, KeyboardInterrupt) as err:
+        remove_empty_folders(run_dir, _sweep_dir())
+        if isinstance(err, KeyboardInterrupt):
+            raise
+        _fail(err)
+    # 2. the run: results written atomically, DONE last; a failure leaves nothing that looks complete
+    try:
         with results.run_lock(run_dir):
-            if results.is_done(run_dir) and not cfg.rerun:
-                check_same_run(run_dir)
-                print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
-                return None
             results.clear_done(run_dir)
             try:
                 record_config(run_dir, cfg)
-                task = instantiate(cfg.task)
                 OmegaConf.resolve(cfg)
-                results.atomic_write_text(run_dir / "command.sh", _replay_command("run"))
+                results.atomic_write_text(run_dir / "command.sh", _replay_command("run"), executable=True)
                 start = time.perf_counter()
-                rows = task.run(cfg, run_dir)
+                rows = task.run(cfg, run_dir, prepared) if prepared is not None else task.run(cfg, run_dir)
                 summary = results.write_results(run_dir, rows)
                 results.mark_done(run_dir)
             except BaseException:  # a failed run leaves no results that could pass for complete
                 with contextlib.suppress(Exception):
                     results.clear_done(run_dir)
                 raise
-    except (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError) as err:
+    except REFUSALS as err:
         _fail(err)
     print(f"\n{cfg.experiment_name}: {len(rows)} metric rows in {time.perf_counter() - start:.1f} s -> {run_dir}")
-    print(results.format_summary(summary, getattr(task, "table_metrics", None)))
+    print(results.format_summary(summary, getattr(task, "table_metrics", None),
+                                 row_header=getattr(task, "table_row_header", "method"), width=SUMMARY_WIDTH))
     return summary
+
+
+SUMMARY_WIDTH = 120  # the printed table; summary.json holds every metric
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def train_backbone(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     if "train" not in cfg.score:
+        remove_empty_folders(out_dir)
         _fail(ScoregeoError(f"score '{HydraConfig.get().runtime.choices.get('score')}' has nothing "
                             "to train; choose a trainable backbone, e.g. score=mlp"))
     try:
-        check_types(cfg)
+        check_types(cfg, [str(o) for o in HydraConfig.get().overrides.task])
         apply_threads(cfg)
+    except REFUSALS as err:
+        remove_empty_folders(out_dir, _sweep_dir())
+        _fail(err)
+    _ACTIVE["run_dir"] = out_dir
+    try:
         with results.run_lock(out_dir):
             record_config(out_dir, cfg)
-            results.atomic_write_text(out_dir / "command.sh", _replay_command("train"))
+            results.atomic_write_text(out_dir / "command.sh", _replay_command("train"), executable=True)
             params = OmegaConf.to_container(cfg.score.train, resolve=True)
             trainer = hydra.utils.get_method(params.pop("_target_"))
             checkpoint = trainer(cfg=cfg, out_dir=out_dir, **params)
-    except (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError) as err:
+    except REFUSALS as err:
         _fail(err)
+    finally:
+        _ACTIVE["run_dir"] = None
     print(f"checkpoint: {checkpoint}\nuse it with: scoregeo run ... score.checkpoint={checkpoint}")
+
+
+# --------------------------------------------------------------------------- sweeps
+
+def report_sweep(config: DictConfig, jobs: list, returns) -> None:
+    """After a sweep: where its run folders are, and where a launcher that keeps per-job
+    logs (submitit) put each job's output (its table)."""
+    folders = []
+    for ret in returns:
+        try:
+            folders.append(Path(str(ret.hydra_cfg.hydra.runtime.output_dir)))
+        except Exception:  # noqa: BLE001
+            continue
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    print(f"\n{len(jobs)} run(s) of the sweep: {sweep_dir}/<overrides>/seed=<k> (each with its summary.json)",
+          flush=True)
+    logs = submitit_logs(config)
+    if logs is not None:
+        print(f"each job's output, its table included, is in submitit's logs: {logs}", flush=True)
+        for folder in folders:
+            print(f"  {folder}", flush=True)
+
+
+def submitit_logs(config: DictConfig) -> str | None:
+    """Where a submitit launcher writes each job's log (None for other launchers)."""
+    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    if folder is None:
+        return None
+    return str(Path(str(folder).replace("%j", "<job id>")) / "<job id>_0_log.out")
+
+
+def report_failed_launch(config: DictConfig, err: BaseException) -> None:
+    """A launcher that reports a failed job as an exception (submitit's UncompletedJobError):
+    one sentence naming the logs, instead of the launcher's traceback."""
+    if isinstance(err, (ScoregeoError, HydraException, OmegaConfBaseException)):
+        return
+    logs = submitit_logs(config)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    where = f"; its log: {logs}" if logs else ""
+    raise ScoregeoError(f"a job of the sweep failed ({type(err).__name__}: {first}){where}") from None
+
+
+# --------------------------------------------------------------------------- entry points
+
+_INTERRUPTED: dict = {"during": ""}
+
+
+def _on_interrupt(signum, frame) -> None:
+    """SIGINT: note what was running (the innermost progress bar) before unwinding."""
+    _INTERRUPTED["during"] = progress.current()
+    _INTERRUPTED["run_dir"] = _ACTIVE["run_dir"]
+    raise KeyboardInterrupt
+
+
+def interrupted_line(prog: str) -> str:
+    """The one line an interrupted command prints."""
+    during = _INTERRUPTED.get("during") or progress.current()
+    run_dir = _INTERRUPTED.get("run_dir") or _ACTIVE["run_dir"]
+    what = (f" during {during}" if during else "") + (f" of the run in {run_dir}" if run_dir else "")
+    return (f"{prog}: interrupted{what}; nothing unfinished is marked done, run the same command again "
+            "to resume (finished runs are skipped)")
 
 
 def _hydra(app, argv: list[str], prog: str) -> int:
     """Run a Hydra application; Hydra's own errors (composition, override syntax, output
-    folders it cannot create) end in one sentence and exit code 2 like ours.
+    folders it cannot create) end in one sentence and exit code 2 like ours; Ctrl-C in one
+    line and exit code 130.
 
     HYDRA_FULL_ERROR makes Hydra raise them instead of printing its multi-line report.
     """
     previous_argv, sys.argv = sys.argv, [prog, *argv]
     previous = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, _on_interrupt) if main_thread else None
+    _EXISTING.clear()
+    _INTERRUPTED.clear()
     try:
-        app()
-    except (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError) as err:
+        with progress.activity(prog):
+            app()
+    except KeyboardInterrupt:
+        progress.close_all()
+        print(interrupted_line(prog.split()[0]), file=sys.stderr, flush=True)
+        return 130
+    except REFUSALS as err:
         _fail(err)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
         sys.argv = previous_argv
         if previous is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -159,6 +159,44 @@ def check_node(node, key: str) -> None:
 PLURAL = {"int": "integers", "float": "numbers", "str": "strings", "bool": "true/false values"}
 
 
+def check_finite(cfg: DictConfig) -> None:
+    """Refuse NaN and infinite numbers anywhere in the run's config (``hydra`` aside): no
+    value of scoregeo means anything at infinity, and a NaN would run to the end and be
+    blamed on the score. One sentence naming the key."""
+    import math
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScoregeoError(f"{key} must be a finite number, got {value}")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if key or name != "hydra":
+                    walk(item, f"{key}.{name}" if key else str(name))
+        elif isinstance(value, (list, tuple)):
+            bad = [v for v in value if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                raise ScoregeoError(f"{key} must hold finite numbers, got {list(value)}")
+            for i, item in enumerate(value):
+                walk(item, f"{key}[{i}]")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
+def check_unique_methods(overrides) -> None:
+    """Refuse a method named twice in ``method=[...]`` (Hydra would run it once, silently)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
+        if override.key_or_group.lstrip("+~") != "method" or override.is_sweep_override():
+            continue
+        value = override.value()
+        names = [str(v) for v in value] if isinstance(value, list) else []
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ScoregeoError(f"method lists {', '.join(twice)} more than once; name each method once, "
+                                f"e.g. method=[{','.join(dict.fromkeys(names))}]")
+
+
 def check_config(cfg: DictConfig, key: str = "") -> None:
     """Check every node with a ``_target_`` in ``cfg`` (``check_node``)."""
     for name in cfg:
@@ -228,13 +266,34 @@ def build_score(cfg: DictConfig, **context) -> ScoreField:
     require_set(cfg, "score")
     node = OmegaConf.to_container(cfg.score, resolve=True)
     node.pop("train", None)
-    score = instantiate(node, key="score")
     try:
-        return score(**context)
-    except OSError as err:
-        from scoregeo_cli.reporting.results import os_error_sentence
+        score = instantiate(node, key="score")
+        try:
+            return score(**context)
+        except OSError as err:
+            from scoregeo_cli.reporting.results import os_error_sentence
 
-        raise ScoregeoError(os_error_sentence(err, "read")) from None
+            raise ScoregeoError(os_error_sentence(err, "read")) from None
+    except ScoregeoError as err:
+        raise ScoregeoError(_name_score_key(str(err), node)) from None
+
+
+# phrases score constructors use for a value without naming its key -> the key
+SCORE_PHRASES = {"the diffusion level t": "t"}
+
+
+def _name_score_key(message: str, node: dict) -> str:
+    """A score constructor's sentence with the config key named: ``score.t`` for "the
+    diffusion level t", and for a ``score.checkpoint`` that is a directory, that it is one
+    (instead of "does not exist")."""
+    for phrase, key in SCORE_PHRASES.items():
+        if message.startswith(phrase) and key in node:
+            message = f"score.{key} (the diffusion level){message[len(phrase):]}"
+    checkpoint = node.get("checkpoint")
+    if isinstance(checkpoint, str) and checkpoint and os.path.isdir(os.path.expanduser(checkpoint)) \
+            and "does not exist" in message:
+        message = message.replace("does not exist", "is a directory, not a checkpoint file", 1)
+    return message
 
 
 def build_metric(cfg: DictConfig, score: ScoreField) -> Metric:

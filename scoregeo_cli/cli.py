@@ -67,6 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     except ScoregeoError as err:
         print(f"scoregeo {name}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # `run` and `train` print their own line (scoregeo_cli.app)
+        from scoregeo_cli.reporting import progress
+
+        during = progress.current()
+        progress.close_all()
+        print(f"scoregeo {name}: interrupted{f' during {during}' if during else ''}; "
+              "run the same command again to start over (finished runs are kept and skipped)",
+              file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Each case runs ``scoregeo run`` in this process (``scoregeo_cli.cli.main``), or in a
 subprocess where the real process matters, and asserts: exit code 2, exactly one line on
-stderr that holds the expected words, no "Traceback", and no DONE marker (nor summary)
-left anywhere under the output root (but the finished run one case plants).
+stderr that holds the expected words, no "Traceback", no DONE marker (nor summary) left
+anywhere under the output root (but the finished run one case plants), and, for a refusal,
+nothing written at all: no file or folder that was not there before (no run folder,
+``.hydra/``, ``command.sh`` or ``.lock``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,34 @@ def _finished_run_of_other_overrides(tmp: Path) -> list[str]:
     return [*FAST]
 
 
+def _checkpoint_folder(tmp: Path) -> list[str]:
+    (tmp / "ckpts").mkdir()
+    return ["score=mlp", f"score.checkpoint={tmp}/ckpts", *FAST]
+
+
+def _unet_checkpoint_folder(tmp: Path) -> list[str]:
+    (tmp / "ckpts").mkdir()
+    return ["experiment=rotated_mnist", f"score.checkpoint={tmp}/ckpts", "n_pairs=2", "eval.fid=false"]
+
+
+def _truncated_mnist_gz(tmp: Path) -> list[str]:
+    """An interrupted download: the gzipped IDX test images end half-way."""
+    import gzip
+    import struct
+
+    raw = tmp / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, n in (("t10k", 20), ("train", 40)):
+        images = struct.pack(">BBBBIII", 0, 0, 8, 3, n, 28, 28) + bytes(range(256)) * (n * 28 * 28 // 256 + 1)
+        labels = struct.pack(">BBBBI", 0, 0, 8, 1, n) + bytes(i % 10 for i in range(n))
+        (raw / f"{name}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images[: 16 + n * 28 * 28]))
+        (raw / f"{name}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    whole = (raw / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(whole[: len(whole) // 2])
+    return ["experiment=rotated_mnist", "dataset.source=mnist", f"dataset.root={tmp}/data", "n_pairs=2",
+            "eval.fid=false"]
+
+
 def _locked_run_folder(tmp: Path, monkeypatch) -> list[str]:
     """Another process (here: another open file description) holds the run folder's lock."""
     run = tmp / "out" / "sphere" / "eval.figure=false,n_pairs=2" / "seed=0"
@@ -130,6 +160,20 @@ def _disk_full_at_summary(tmp: Path, monkeypatch) -> list[str]:
 CASES = [
     # range checks that existed before
     ("lam_negative", ["metric.lam=-1"], "metric.lam must be >= 0", "in"),
+    # numbers that are not finite, a method named twice, keys a message must name
+    ("lam_inf", ["metric.lam=inf"], "metric.lam must be a finite number, got inf", "in"),
+    ("lam_nan", ["metric.lam=nan"], "metric.lam must be a finite number, got nan", "in"),
+    ("sigma_minus_inf", ["score.sigma=-inf"], "score.sigma must be a finite number, got -inf", "in"),
+    ("angle_range_inf", ["dataset.angle_range=[10,inf]"], "dataset.angle_range must hold finite numbers", "in"),
+    ("lam_inf_process", ["metric.lam=inf"], "metric.lam must be a finite number, got inf", "sub"),
+    ("method_twice", ["method=[lerp,lerp]"], "method lists lerp more than once; name each method once", "in"),
+    ("level_beyond_schedule", ["experiment=rotated_mnist", "score.t=1000", "n_pairs=2", "eval.fid=false"],
+     "score.t (the diffusion level) must lie in 1..999, got 1000", "in"),
+    ("checkpoint_is_folder", _checkpoint_folder, "ckpts' is a directory, not a checkpoint file", "in"),
+    ("unet_checkpoint_is_folder", _unet_checkpoint_folder, "ckpts is a directory", "in"),
+    ("mnist_gz_truncated", _truncated_mnist_gz, "t10k-images-idx3-ubyte.gz is truncated or corrupt", "in"),
+    ("lam_negative_in_a_sweep", lambda tmp: ["-m", f"output_root={tmp}/out", "metric.lam=10,-1", *FAST],
+     "metric.lam must be >= 0, got -1", "in"),
     ("nodes_two", ["solver.nodes=2"], "solver.nodes must be at least 3", "in"),
     ("codimension_zero", ["dataset.intrinsic_dim=3"], "dataset.intrinsic_dim must be below dataset.ambient_dim", "in"),
     ("sigma_zero", ["score.sigma=0"], "score.sigma must be positive", "in"),
@@ -218,6 +262,7 @@ def run_process(argv: list[str], cwd: Path) -> tuple[int, str]:
 def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, capsys):
     argv = ["run", *_argv(setup, tmp_path, monkeypatch)]
     planted = {p for p in tmp_path.rglob(results.DONE)}
+    before = set(tmp_path.rglob("*"))
     try:
         if how == "in":
             code, err = run_in_process(argv, monkeypatch, capsys)
@@ -235,6 +280,12 @@ def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, cap
     assert {p for p in tmp_path.rglob(results.DONE)} == planted
     # nothing looks complete: no summary other than the one a set-up planted
     assert all(p.read_text() == "{}\n" for p in tmp_path.rglob("summary.json"))
+    # a refusal writes nothing at all (a full disk is a failure while writing: its results go)
+    made = set(tmp_path.rglob("*")) - before
+    if words.endswith("No space left on device"):
+        assert not [p for p in made if p.name in (results.DONE, "summary.json", "metrics.jsonl", results.LOCK)]
+    else:
+        assert not made, sorted(map(str, made))
 
 
 def test_table_has_at_least_thirty_cases():

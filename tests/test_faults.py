@@ -7,7 +7,11 @@
   the first finishes as if alone;
 * a write that fails: no DONE, no summary, no temporary file left, and the earlier results
   of a run being recomputed are gone rather than left looking complete;
-* the same seed twice gives the same summary.json.
+* the same seed twice gives the same summary.json;
+* Ctrl-C (SIGINT) ends a run in one line with exit code 130, leaves nothing that looks
+  finished and no lock, and the same command then resumes;
+* result files honour the umask (0644 and 0755 for command.sh under 022) and a finished
+  run keeps no ``.lock``.
 
 Summaries are compared byte for byte except the wall-clock entries (metrics named
 ``*seconds``), the only values that may differ between two runs of the same configuration.
@@ -240,3 +244,69 @@ def test_same_seed_twice_same_summary_rotated_digits(tmp_path, monkeypatch, caps
             "space.ddim_steps=2"]
     summaries = run_twice(args, tmp_path, monkeypatch, capsys)
     assert comparable(summaries[0]) == comparable(summaries[1])
+
+
+# ------------------------------------------------------------------------------ Ctrl-C
+
+def test_ctrl_c_prints_one_line_exit_130_then_resumes(tmp_path, monkeypatch, capsys):
+    """SIGINT in the middle of a run: one line naming what was interrupted and that the same
+    command resumes, exit code 130, no traceback; nothing marked done, no result and no lock
+    left; the same command then finishes the run."""
+    args = ["run", "experiment=sphere", "solver=adam_reference", "n_pairs=4", "eval.figure=false",
+            f"output_root={tmp_path}/out"]
+    proc = subprocess.Popen([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = tmp_path / "out"
+    lock = lambda: next(root.rglob(results.LOCK), None)  # noqa: E731
+    assert wait_for(lambda: lock() is not None and lock().read_text().strip() == str(proc.pid), proc=proc)
+    time.sleep(0.5)  # inside the solve
+    assert proc.poll() is None, "the run ended before it could be interrupted; make it longer"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len([line for line in lines if "interrupted" in line]) == 1, err
+    assert lines[-1].startswith("scoregeo: interrupted during ") and "Adam solve" in lines[-1], err
+    assert "of the run in " in lines[-1] and "run the same command again to resume" in lines[-1], err
+    assert not list(root.rglob(results.DONE)) and not list(root.rglob("summary.json"))
+    assert not list(root.rglob(results.LOCK)) and not list(root.rglob(".*.tmp"))
+
+    code, out, err = cli(args, monkeypatch, capsys)
+    assert code == 0 and "skipping" not in out, err
+    assert len(finished(root)) == 1
+
+
+# ------------------------------------------------------------------ files other users read
+
+def _modes(run: Path) -> dict[str, int]:
+    return {p.relative_to(run).as_posix(): p.stat().st_mode & 0o777 for p in run.rglob("*") if p.is_file()}
+
+
+def test_result_files_honour_the_umask_and_no_lock_stays(tmp_path, monkeypatch, capsys):
+    """Results get the mode a new file gets (0644 under umask 022, command.sh 0755), not
+    mkstemp's 0600; a finished run keeps no .lock."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    code, _, err = cli(["run", "experiment=sphere", "n_pairs=2", f"output_root={tmp_path}/out"], monkeypatch, capsys)
+    assert code == 0, err
+    (run,) = finished(tmp_path / "out").values()
+    modes = _modes(run)
+    assert {"metrics.jsonl", "summary.json", "DONE", "command.sh", ".hydra/config.yaml", ".hydra/hydra.yaml",
+            ".hydra/overrides.yaml", "paths.png"} <= set(modes)
+    for name, mode in modes.items():
+        assert mode == (0o777 if name == "command.sh" else 0o666) & ~mask, (name, oct(mode))
+    assert not list((tmp_path / "out").rglob(results.LOCK))
+
+
+def test_result_files_under_umask_027(tmp_path):
+    """Another umask, in a process of its own (the umask is read once per process)."""
+    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", f"output_root={tmp_path}/out"]
+    done = subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, preexec_fn=lambda: os.umask(0o027))
+    assert done.returncode == 0, done.stderr
+    (run,) = finished(tmp_path / "out").values()
+    modes = _modes(run)
+    assert modes.pop("command.sh") == 0o750
+    assert set(modes.values()) == {0o640}, modes
+    assert not list((tmp_path / "out").rglob(results.LOCK))

@@ -126,19 +126,54 @@ def test_paths_that_differ_only_in_slashes_get_their_own_runs(tmp_path, monkeypa
 
 
 def test_a_sweep_composes_each_job_once(tmp_path, monkeypatch, capsys):
-    """Hydra's sweeper composes every job to check it; the launcher reuses that config."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    """scoregeo's sweeper composes every job to check it; its launcher runs that config."""
+    from hydra_plugins.scoregeo_plugins import scoregeo_sweeper
 
     composed = []
-    original = ConfigLoaderImpl.load_configuration
+    original = scoregeo_sweeper.compose
 
-    def load_configuration(self, config_name, overrides, *args, **kwargs):
+    def compose(hydra_context, config, overrides):
         composed.append(tuple(sorted(o for o in overrides if o.startswith(("seed=", "metric.lam=")))))
-        return original(self, config_name, overrides, *args, **kwargs)
+        return original(hydra_context, config, overrides)
 
-    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration", load_configuration)
-    _cli(["run", "-m", "experiment=sphere", "seed=0,1", "metric.lam=1000", "n_pairs=2", "eval.figure=false",
-          f"output_root={tmp_path}"], monkeypatch, capsys)
-    jobs = [c for c in composed if any(o.startswith("seed=") and "," not in o for o in c)]
-    assert sorted(jobs) == [("metric.lam=1000", "seed=0"), ("metric.lam=1000", "seed=1")]
+    monkeypatch.setattr(scoregeo_sweeper, "compose", compose)
+    out = _cli(["run", "-m", "experiment=sphere", "seed=0,1", "metric.lam=1000", "n_pairs=2", "eval.figure=false",
+                f"output_root={tmp_path}"], monkeypatch, capsys)
+    assert sorted(composed) == [("metric.lam=1000", "seed=0"), ("metric.lam=1000", "seed=1")]
     assert len(list(tmp_path.rglob("DONE"))) == 2
+    assert f"2 run(s) of the sweep: {tmp_path}/sphere/<overrides>/seed=<k>" in out
+
+
+def test_a_bad_job_refuses_the_whole_sweep_before_any_runs(tmp_path, monkeypatch, capsys):
+    code, out, err = invoke_cli(["run", "-m", "experiment=sphere", "metric.lam=1000,-1", "seed=0,1", "n_pairs=2",
+                                 f"output_root={tmp_path}/out"], monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines() == ["scoregeo: error: metric.lam must be >= 0, got -1"]
+    assert not (tmp_path / "out").exists()  # no job ran, no folder was made
+
+
+def test_no_patches_of_hydra_internals():
+    """scoregeo extends Hydra through its public plugin, callback and config interfaces only."""
+    repo = Path(__file__).resolve().parents[1]
+    sources = [*repo.joinpath("scoregeo_cli").rglob("*.py"), *repo.joinpath("hydra_plugins").rglob("*.py")]
+    assert sources
+    assert [p for p in sources if "hydra._internal" in p.read_text()] == []
+
+
+def test_printed_table_fits_120_columns_and_keeps_every_metric():
+    from scoregeo_cli.reporting.results import format_summary
+
+    metrics = [f"extrapolation_metric_{k:02d}" for k in range(12)]
+    summary = {m: {k: {"mean": 123.456789, "std": 0.0123, "n": 2} for k in metrics}
+               for m in ("geodesic", "geodesic_pullback", "lerp")}
+    text = format_summary(summary, width=120)
+    assert max(map(len, text.splitlines())) <= 120
+    assert all(text.count(k) == 1 for k in metrics)  # every column once, in blocks
+    assert text.count("geodesic_pullback") == text.count("\n\n") + 1  # row names repeat in each block
+
+
+def test_noise_diagnostics_table_heads_its_rows_sigma(tmp_path, monkeypatch, capsys):
+    out = _cli(["run", "experiment=sphere_noise", "eval.sigmas=[0.05,0.1]", "eval.points=8",
+                f"output_root={tmp_path}"], monkeypatch, capsys)
+    table = out[out.index("metric rows in"):].splitlines()[1:]
+    assert table[0].split()[:2] == ["sigma", "angle_deg"]
+    assert [line.split()[0] for line in table[2:4]] == ["0.05", "0.1"]

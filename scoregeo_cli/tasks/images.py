@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,12 +37,30 @@ from omegaconf import DictConfig
 from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
 from scoregeo_cli.cache import Cache, digest, file_digest
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.methods import Plan, build_methods, check_methods, run_methods
+from scoregeo_cli.methods import Plan, build_methods, check_methods
+from scoregeo_cli.reporting import progress
 from scoregeo_cli.reporting.figures import save_frames, save_strip
 from scoregeo_cli.reporting.results import atomic_write_json, row
+from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
 LPIPS_NETS = ("alex", "vgg")
 PATH_KEYS = ("ppl", "pdv", "smoothness", "consistency")
+
+
+@dataclass
+class Prepared:
+    """What an image run builds before it computes (``ImageTask.prepare``); ``generator``
+    has drawn the pairs and goes on to draw the noise."""
+
+    dataset: object
+    shooter: object
+    methods: dict
+    generator: torch.Generator
+    score: object
+    space: object
+    n_pairs: int
+    metric: object
+    plan: Plan
 
 
 class ImageTask:
@@ -75,8 +94,12 @@ class ImageTask:
             if value is not None and int(value) < (0 if key == "strips" else 2):
                 raise ScoregeoError(f"eval.{key} must be at least {0 if key == 'strips' else 2} or null, got {value}")
 
-    def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
-        run_dir, ev = Path(run_dir), cfg.eval
+    def prepare(self, cfg: DictConfig) -> "Prepared":
+        """Everything the run builds before it computes (dataset and its pairs, score, space,
+        metric, methods), and so every refusal, in one sentence, before anything is written."""
+        from scoregeo_cli import weights
+
+        ev = cfg.eval
         self._check_eval(ev)
         dataset = instantiate(cfg.dataset)
         solver, shooter = instantiate(cfg.solver), instantiate(cfg.extrapolate)
@@ -99,6 +122,16 @@ class ImageTask:
         if ev.fid and n_pairs * (n_nodes - 2) < 2:
             raise ScoregeoError(f"FID/KID need at least 2 intermediate frames; {n_pairs} pair(s) of {n_nodes} "
                                 "nodes give fewer: raise n_pairs or solver.nodes, or set eval.fid=false")
+        weights.require_lpips(ev.lpips_net)
+        if ev.fid:
+            weights.require_inception()
+        return Prepared(dataset, shooter, methods, gen, score, space, n_pairs, metric, plan)
+
+    def run(self, cfg: DictConfig, run_dir: Path, prepared: "Prepared | None" = None) -> list[dict]:
+        run_dir, ev = Path(run_dir), cfg.eval
+        dataset, shooter, methods, gen, score, space, n_pairs, metric, plan = astuple_shallow(
+            prepared or self.prepare(cfg))
+        n_nodes = plan.nodes
         eps = torch.randn(n_pairs, score.dim, generator=gen, dtype=torch.float64)
         print(f"{dataset.describe()}; {space.describe()}; {n_pairs} pair(s), {n_nodes} nodes"
               + (f", {shooter.steps} extrapolated" if plan.extrapolate else "") + f"; methods {list(methods)}")
@@ -112,41 +145,43 @@ class ImageTask:
         strips_left = n_pairs if ev.get("strips") is None else int(ev.strips)
         batch_size = self.pair_batch or n_pairs
         method_gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
-        for start in range(0, n_pairs, batch_size):
-            batch = list(range(start, min(start + batch_size, n_pairs)))
-            images_a, images_b = dataset.load(batch)
-            ends = space.endpoints(space.encode(images_a), space.encode(images_b), eps[batch])
-            results = run_methods(methods, ends, plan, method_gen)
-            frames, frames_ext, denoised_ends = self._to_images(space, results, ends, cache)
-            truth = dataset.truth(batch, fractions)
-            truth_ext = dataset.truth(batch, 1 + plan.tau) if plan.extrapolate else None
-            start_metrics = time.perf_counter()
-            rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext,
-                                    ev.lpips_net, memo)
-            if hasattr(dataset, "orbit"):
-                rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
-            if truth is not None and denoised_ends is not None:
-                true_ends = torch.stack([truth[:, 0], truth[:, -1]], 1)
-                roundtrip = _framewise(denoised_ends, true_ends, ev.lpips_net)
-                rows += [row(p, "roundtrip", k, float(v[k_].mean())) for k_, p in enumerate(batch)
-                         for k, v in roundtrip.items()]
-            if fid is not None:
-                fid.add(batch, images_a, images_b, frames, frames_ext)
-            print(f"pairs {batch[0] + 1}-{batch[-1] + 1}/{n_pairs}: frame and path metrics "
-                  f"{time.perf_counter() - start_metrics:.1f} s")
-            first = torch.stack([images_a] + [torch.ones_like(images_a)] * (n_nodes - 2) + [images_b], 1)
-            for k, p in enumerate(batch):
-                if strips_left > 0:
-                    strip = {("truth" if truth is not None else "input"):
-                             torch.cat([truth[k], truth_ext[k, 1:]]) if truth_ext is not None
-                             else (truth[k] if truth is not None else first[k])}
-                    strip.update({m: torch.cat([frames[m][k], frames_ext[m][k, 1:]]) if m in frames_ext else frames[m][k]
-                                  for m in frames})
-                    save_strip(strip, run_dir / "strips" / f"{dataset.names[p]}.png",
-                               split=n_nodes if plan.extrapolate else None, scale=int(ev.get("strip_scale", 1)))
-                    strips_left -= 1
-                if self.save_frames:
-                    save_frames({m: f[k] for m, f in frames.items()}, run_dir / "frames", dataset.names[p])
+        with progress.bar(n_pairs, "pairs", "pair") as pairs_bar:
+            for start in range(0, n_pairs, batch_size):
+                batch = list(range(start, min(start + batch_size, n_pairs)))
+                images_a, images_b = dataset.load(batch)
+                ends = space.endpoints(space.encode(images_a), space.encode(images_b), eps[batch])
+                results = run_methods_shown(methods, ends, plan, method_gen)
+                frames, frames_ext, denoised_ends = self._to_images(space, results, ends, cache)
+                truth = dataset.truth(batch, fractions)
+                truth_ext = dataset.truth(batch, 1 + plan.tau) if plan.extrapolate else None
+                start_metrics = time.perf_counter()
+                rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext,
+                                        ev.lpips_net, memo)
+                if hasattr(dataset, "orbit"):
+                    rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
+                if truth is not None and denoised_ends is not None:
+                    true_ends = torch.stack([truth[:, 0], truth[:, -1]], 1)
+                    roundtrip = _framewise(denoised_ends, true_ends, ev.lpips_net)
+                    rows += [row(p, "roundtrip", k, float(v[k_].mean())) for k_, p in enumerate(batch)
+                             for k, v in roundtrip.items()]
+                if fid is not None:
+                    fid.add(batch, images_a, images_b, frames, frames_ext)
+                print(f"pairs {batch[0] + 1}-{batch[-1] + 1}/{n_pairs}: frame and path metrics "
+                      f"{time.perf_counter() - start_metrics:.1f} s")
+                first = torch.stack([images_a] + [torch.ones_like(images_a)] * (n_nodes - 2) + [images_b], 1)
+                for k, p in enumerate(batch):
+                    if strips_left > 0:
+                        strip = {("truth" if truth is not None else "input"):
+                                 torch.cat([truth[k], truth_ext[k, 1:]]) if truth_ext is not None
+                                 else (truth[k] if truth is not None else first[k])}
+                        strip.update({m: torch.cat([frames[m][k], frames_ext[m][k, 1:]]) if m in frames_ext else frames[m][k]
+                                      for m in frames})
+                        save_strip(strip, run_dir / "strips" / f"{dataset.names[p]}.png",
+                                   split=n_nodes if plan.extrapolate else None, scale=int(ev.get("strip_scale", 1)))
+                        strips_left -= 1
+                    if self.save_frames:
+                        save_frames({m: f[k] for m, f in frames.items()}, run_dir / "frames", dataset.names[p])
+                pairs_bar.update(len(batch))
         if isinstance(getattr(space, "denoise_seconds", None), float):
             print(f"DDIM: {space.denoise_seconds:.1f} s in all")
         if fid is not None:
@@ -204,7 +239,7 @@ class ImageTask:
 
         memo = memo or _Memo(None, None, metric, net)
         rows = []
-        for method, result in results.items():
+        for method, result in progress.steps(list(results.items()), desc="frame metrics", unit="method"):
             if result.error is not None:  # a failed method: its rows say NaN, nothing is hidden
                 keys = (["psnr", "ssim"] if truth is not None else []) + ["lpips", *PATH_KEYS, "energy"]
                 rows += [row(p, method, key, float("nan")) for p in batch for key in keys]

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoregeo_cli.build import build_score, instantiate
 from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.reporting import progress
 from scoregeo_cli.reporting.results import row
 from scoregeo_cli.tasks.synthetic import validate_manifold
 
@@ -39,8 +40,10 @@ class NoiseDiagnosticsTask:
     """Sweep ``eval.sigmas`` over one set of perturbed points; one method per sigma."""
 
     table_metrics = ["angle_deg", "residual", "ddpm_t"]
+    table_row_header = "sigma"  # the printed table's rows are noise levels
 
-    def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
+    def prepare(self, cfg: DictConfig):
+        """Every refusal before anything runs; returns the manifold."""
         validate_manifold(cfg)
         sigmas = [float(s) for s in cfg.eval.sigmas]
         if not sigmas or min(sigmas) <= 0:
@@ -50,6 +53,12 @@ class NoiseDiagnosticsTask:
         if not cfg.eval.perturbation > 0:
             raise ScoregeoError(f"eval.perturbation must be positive, got {cfg.eval.perturbation}")
         manifold = instantiate(cfg.dataset)
+        build_score(OmegaConf.merge(cfg, {"score": {"sigma": sigmas[0]}}), manifold=manifold)
+        return manifold
+
+    def run(self, cfg: DictConfig, run_dir: Path, prepared=None) -> list[dict]:
+        manifold = prepared if prepared is not None else self.prepare(cfg)
+        sigmas = [float(s) for s in cfg.eval.sigmas]
         generator = torch.Generator().manual_seed(int(cfg.seed))
         n = int(cfg.eval.points)
         on = manifold.sample(n, generator)
@@ -58,7 +67,7 @@ class NoiseDiagnosticsTask:
         to_manifold = manifold.project(x) - x
 
         rows, curves = [], {"sigma": sigmas, "angle_deg": [], "residual": []}
-        for sigma in sigmas:
+        for sigma in progress.steps(sigmas, desc="noise levels", unit="level"):
             score = build_score(OmegaConf.merge(cfg, {"score": {"sigma": sigma}}), manifold=manifold)
             with torch.no_grad():
                 s = score(x)

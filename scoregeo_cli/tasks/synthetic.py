@@ -8,16 +8,18 @@ SLERP. Every path is scored against the ground truth (``evaluation.geometry``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from scoregeo_cli.build import build_metric, build_score, instantiate
+from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.geometry import geometry_rows
-from scoregeo_cli.methods import Plan, build_methods, check_methods, run_methods
+from scoregeo_cli.methods import Plan, build_methods, check_methods
 from scoregeo_cli.spaces import IdentitySpace
+from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
 
 def _pair_of_numbers(value, key: str) -> tuple[float, float]:
@@ -55,13 +57,25 @@ def validate_manifold(cfg: DictConfig) -> None:
         raise ScoregeoError(f"n_pairs must be at least 1, got {cfg.n_pairs}")
 
 
+@dataclass
+class Prepared:
+    """What a synthetic run builds before it computes (``SyntheticTask.prepare``)."""
+
+    manifold: object
+    metric: object
+    shooter: object
+    methods: dict
+    plan: Plan
+
+
 class SyntheticTask:
-    """The synthetic-manifold experiment; ``run`` returns metrics rows."""
+    """The synthetic-manifold experiment; ``prepare`` builds and checks, ``run`` returns metrics rows."""
 
     table_metrics = ["geodesic_error_max", "metric_geodesic_error_max", "manifold_distance_max", "g_length_ratio",
                      "score_evals", "extrapolation_error_max", "extrapolation_pointwise_max"]
 
-    def run(self, cfg: DictConfig, run_dir: Path) -> list[dict]:
+    def prepare(self, cfg: DictConfig) -> Prepared:
+        """Everything the run builds before it computes, and so every refusal (one sentence)."""
         validate_manifold(cfg)
         if int(cfg.eval.geodesic_points) < 2:
             raise ScoregeoError(f"eval.geodesic_points must be at least 2, got {cfg.eval.geodesic_points}")
@@ -72,12 +86,15 @@ class SyntheticTask:
         methods = build_methods(cfg)
         plan = Plan(solver.nodes, metric, solver, shooter)
         check_methods(methods, plan)
+        check_memory(cfg, plan.nodes, score.dim, methods)
+        return Prepared(manifold, metric, shooter, methods, plan)
 
+    def run(self, cfg: DictConfig, run_dir: Path, prepared: Prepared | None = None) -> list[dict]:
+        manifold, metric, shooter, methods, plan = astuple_shallow(prepared or self.prepare(cfg))
         generator = torch.Generator().manual_seed(int(cfg.seed))
-        from scoregeo_cli.build import check_memory; check_memory(cfg, plan.nodes, score.dim, methods)
         a, b = manifold.pairs(int(cfg.n_pairs), generator)
         ends = IdentitySpace().endpoints(a, b)
-        results = run_methods(methods, ends, plan, generator)
+        results = run_methods_shown(methods, ends, plan, generator)
         rows = geometry_rows(manifold, metric, results, a, b, shooter.duration, int(cfg.eval.geodesic_points))
         if cfg.eval.figure:
             from scoregeo_cli.reporting.figures import plot_synthetic_paths
