@@ -127,17 +127,50 @@ def test_latex_and_csv_carry_the_same_cells(demo):
 def test_missing_runs_are_named_not_rendered(demo, capsys):
     book, out = demo
     (out / "sphere" / "dataset.ambient_dim=10" / "seed=1" / "DONE").unlink()  # interrupted run
-    assert tables.tables_main(["demo", "--recipes", str(book), "--output-root", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "demo: 1 run(s) are not finished" in err
-    assert str(out / "sphere" / "dataset.ambient_dim=10" / "seed=1") in err
+    assert tables.tables_main(["demo", "--recipes", str(book), "--output-root", str(out)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines == [f"demo: incomplete, 1 of 4 run(s) not finished (e.g. {out}/sphere/dataset.ambient_dim=10/seed=1); "
+                     "make them with `scoregeo reproduce demo` (or render what exists with --partial)",
+                     "rendered: none; incomplete: demo"]
+    assert captured.err == ""
     assert not (out / "tables" / "demo.md").exists()
+    assert tables.tables_main(["demo", "--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
 
     # --partial renders what is there and says what is not
     assert tables.tables_main(["demo", "--partial", "--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "demo.md").read_text()
     assert "| codim 8 | geodesic | 0.2 ± 0 (n=1) |" in md
     assert "`sphere/dataset.ambient_dim=10/seed={0,1}`" in md and "(missing: seed 1)" in md
+
+
+def test_complete_recipes_render_beside_incomplete_ones(demo, tmp_path, capsys):
+    """`scoregeo tables` over several recipes: the complete one is rendered, the incomplete
+    one listed in one line (how many runs it lacks, the command that makes them), exit 0."""
+    book, out = demo
+    (book / "more.yaml").write_text(DEMO.replace("dataset.ambient_dim=10", "dataset.ambient_dim=20"))
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
+    assert not (out / "tables" / "more.md").exists()
+    incomplete = [line for line in lines if line.startswith("more: ")]
+    assert len(incomplete) == 1 and "2 of 4 run(s) not finished" in incomplete[0]
+    assert "make them with `scoregeo reproduce more`" in incomplete[0]
+    assert lines[-1] == "rendered: demo; incomplete: more"
+    assert tables.tables_main(["--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
+
+
+def test_a_corrupt_summary_is_named_with_the_command_that_remakes_it(demo, capsys):
+    book, out = demo
+    run = out / "sphere" / "default" / "seed=1"
+    (run / "command.sh").write_text("scoregeo run experiment=sphere seed=1\n")
+    (run / "summary.json").write_text('{"geodesic": {"geodesic_error_max": {"me')  # cut short
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"scoregeo tables: error: demo: {run / 'summary.json'} of a finished run cannot be read (")
+    assert line.endswith("rerun=true remakes it: `scoregeo run experiment=sphere seed=1 rerun=true`")
+    assert captured.out.splitlines()[-1] == "rendered: none; incomplete: none; failed: demo"
 
 
 def test_dry_run_prints_the_sweeps_of_table_synthetic(capsys):
@@ -269,10 +302,11 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
     assert "`sphere/default/seed=0/sub/b.png`" in (out / "figures" / "panels.md").read_text()
 
     (out / "sphere" / "default" / "seed=0" / "noise_diagnostics.png").unlink()
-    assert tables.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 1
-    err = capsys.readouterr().err
-    assert "noise: 1 file(s) its figures show are missing from finished runs:" in err
-    assert str(out / "sphere" / "default" / "seed=0" / "*.png") in err
+    capsys.readouterr()
+    assert tables.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("noise: incomplete, 1 file(s) its figures show missing from finished runs (e.g. "
+                           f"{out / 'sphere' / 'default' / 'seed=0' / '*.png'}; ")
 
 
 def test_shipped_recipes_load_and_cover_their_groups():

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoregeo_cli import paths
+from scoregeo_cli.reporting import progress
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.reporting.results import atomic_write_text, is_done, summarize
@@ -36,25 +37,26 @@ class MissingRuns(ScoregeoError):
     or lack a file a figure shows (``files``)."""
 
     def __init__(self, folders: list[Path] = (), files: list[Path] = ()):
-        self.folders, self.files = list(folders), list(files)
+        self.folders, self.files = list(dict.fromkeys(folders)), list(dict.fromkeys(files))
         super().__init__(f"{len(self.folders)} unfinished run(s), {len(self.files)} missing file(s)")
 
-    def describe(self, recipe: rc.Recipe) -> str:
-        def unique(paths):
-            return list(dict.fromkeys(paths))
-
-        lines = []
-        if self.folders:
-            folders = unique(self.folders)
-            lines += [f"{recipe.name}: {len(folders)} run(s) are not finished (no DONE marker); expected:"]
-            lines += [f"  {f}" for f in folders]
-        if self.files:
-            files = unique(self.files)
-            lines += [f"{recipe.name}: {len(files)} file(s) its figures show are missing from finished runs:"]
-            lines += [f"  {f}" for f in files]
+    def describe(self, recipe: rc.Recipe, total: int | None = None) -> str:
+        """One line: how many of the recipe's ``total`` runs are missing (or which files its
+        figures lack) and the command that makes them."""
         hint = f"scoregeo reproduce {recipe.name}" + "".join(f" {k}=..." for k in recipe.requires)
-        lines.append(f"run `{hint}` (or render what exists with --partial)")
-        return "\n".join(lines)
+        parts = []
+        if self.folders:
+            of = f" of {total}" if total else ""
+            parts.append(f"{len(self.folders)}{of} run(s) not finished (e.g. {self.folders[0]})")
+        if self.files:
+            parts.append(f"{len(self.files)} file(s) its figures show missing from finished runs "
+                         f"(e.g. {self.files[0]}; `{hint} rerun=true` remakes them)")
+        return f"{recipe.name}: incomplete, {'; '.join(parts)}; make them with `{hint}` (or render what exists with --partial)"
+
+
+def recipe_runs(recipe: rc.Recipe, seeds: list[int]) -> int:
+    """How many runs (configuration and seed) a recipe's table and figures read."""
+    return len(recipe.groups()) * len(seeds)
 
 
 def git_commit() -> str:
@@ -88,10 +90,29 @@ def fmt(x: float, digits: int = 3) -> str:
 
 
 def read_summary(run_dir: Path) -> dict:
+    """A finished run's summary.json; a missing or corrupt one ends in a sentence that names
+    it and the command (with rerun=true) that remakes the run."""
+    path = run_dir / "summary.json"
     try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ScoregeoError(f"cannot read {run_dir / 'summary.json'}: {err}") from None
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict) or not all(
+                isinstance(metrics, dict) and all(isinstance(e, dict) and "mean" in e for e in metrics.values())
+                for metrics in summary.values()):
+            raise ValueError("not a summary of {method: {metric: {mean, std, n}}}")
+        return summary
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise ScoregeoError(f"{path} of a finished run cannot be read ({cause}); rerun=true remakes it: "
+                            f"`{replay_command(run_dir)} rerun=true`") from None
+
+
+def replay_command(run_dir: Path) -> str:
+    """The command a run folder's command.sh replays (else: a placeholder)."""
+    try:
+        text = (Path(run_dir) / "command.sh").read_text().strip()
+    except OSError:
+        text = ""
+    return text if text.startswith("scoregeo ") else "scoregeo run <its overrides>"
 
 
 def aggregate(located: rc.Located) -> tuple[dict, list[str]]:
@@ -509,16 +530,27 @@ def reproduce_main(argv: list[str], prog: str = "scoregeo reproduce") -> int:
     locator = rc.RunLocator(root, extras, recipe.requires)
     rerun = rc.values(extras).get("rerun", "false").lower() == "true"
     start = time.perf_counter()
-    for i, cmd in enumerate(commands, 1):
-        shown = shlex.join(["scoregeo", "run", "-m", *cmd])
-        folders = [sweep_folder(locator, job) for job in rc.expand(cmd)]
-        if not rerun and all(is_done(f) for f in folders):
-            print(f"[{recipe.name} {i}/{len(commands)}] all {len(folders)} runs finished: {shown}", flush=True)
-            continue
-        print(f"[{recipe.name} {i}/{len(commands)}] {shown}", flush=True)
-        code = subprocess.call([sys.executable, "-m", "scoregeo_cli.cli", "run", "-m", *cmd])
-        if code != 0:
-            raise ScoregeoError(f"sweep {i} of {recipe.name} failed with exit code {code}: {shown}")
+    per_sweep = [[sweep_folder(locator, job) for job in rc.expand(cmd)] for cmd in commands]
+    everything = [f for folders in per_sweep for f in folders]
+    started = {f: results_mtime_or_none(f) for f in everything}  # with rerun=true, DONE must be new
+
+    def finished() -> int:
+        return sum(is_done(f) and (not rerun or results_mtime_or_none(f) != started[f]) for f in everything)
+
+    # the sweeps print their own output: their progress goes to the same terminal, so lines
+    with progress.bar(len(everything), f"{recipe.name}: runs finished", "run", lines=True, poll=finished) as bar:
+        bar.update(finished())
+        for i, (cmd, folders) in enumerate(zip(commands, per_sweep), 1):
+            shown = shlex.join(["scoregeo", "run", "-m", *cmd])
+            if not rerun and all(is_done(f) for f in folders):
+                print(f"[{recipe.name} {i}/{len(commands)}] all {len(folders)} runs finished: {shown}", flush=True)
+                continue
+            print(f"[{recipe.name} {i}/{len(commands)}] {finished()}/{len(everything)} runs finished; {shown}",
+                  flush=True)
+            code = subprocess.call([sys.executable, "-m", "scoregeo_cli.cli", "run", "-m", *cmd])
+            if code != 0:
+                raise ScoregeoError(f"sweep {i} of {recipe.name} failed with exit code {code}: {shown}")
+            bar.n = finished()
     elapsed = time.perf_counter() - start
     try:
         written = render(recipe, root, extras, seeds, partial=args.partial)
@@ -527,6 +559,13 @@ def reproduce_main(argv: list[str], prog: str = "scoregeo reproduce") -> int:
     _print_written(written)
     print(f"{recipe.name}: sweeps took {elapsed:.0f} s")
     return 0
+
+
+def results_mtime_or_none(run_dir: Path) -> float | None:
+    try:
+        return rc.results_mtime(run_dir)
+    except OSError:
+        return None
 
 
 def sweep_folder(locator: rc.RunLocator, job: list[str]) -> Path:
@@ -547,16 +586,19 @@ def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description="Render every recipe in experiments/ (or the named ones) from the "
         "finished runs under the output root into <output_root>/tables/NAME.{md,tex,csv} and "
-        "<output_root>/figures/. Recipes with unfinished runs list the run folders they lack.")
+        "<output_root>/figures/. A recipe with unfinished runs is listed in one line (how many "
+        "runs it lacks and the command that makes them) and the exit code stays 0 (--strict: 1).")
     parser.add_argument("names", nargs="*", help="recipes to render (default: all)")
     parser.add_argument("--output-root", type=Path, default=Path("outputs"),
                         help="where the runs are (default: outputs)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with code 1 when a recipe is incomplete (default: 0, listing it)")
     _common(parser)
     args = parser.parse_args(argv)
     paths = [rc.find(n, args.recipes) for n in args.names] if args.names else rc.available(args.recipes)
     if not paths:
         raise ScoregeoError(f"no recipes in {args.recipes}")
-    done, incomplete = [], []
+    done, incomplete, failed = [], [], []
     commit = git_commit()
     for path in paths:
         recipe = rc.load(path)
@@ -564,12 +606,17 @@ def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
             written = render(recipe, args.output_root, partial=args.partial, commit=commit)
         except MissingRuns as err:
             incomplete.append(recipe.name)
-            print(err.describe(recipe), file=sys.stderr, flush=True)
+            print(err.describe(recipe, recipe_runs(recipe, recipe.seeds)), flush=True)
+            continue
+        except ScoregeoError as err:  # e.g. a finished run's summary.json is corrupt
+            failed.append(recipe.name)
+            print(f"{prog}: error: {recipe.name}: {err}", file=sys.stderr, flush=True)
             continue
         done.append(recipe.name)
         for p in written:
             print(f"wrote {p}", flush=True)
-    print(f"rendered: {', '.join(done) or 'none'}; incomplete: {', '.join(incomplete) or 'none'}")
-    return 1 if incomplete and (args.names or not done) else 0
+    print(f"rendered: {', '.join(done) or 'none'}; incomplete: {', '.join(incomplete) or 'none'}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed or (incomplete and args.strict) else 0
 
 
