@@ -115,11 +115,13 @@ def test_corrupt_and_missing_images_are_named(tmp_path):
 def test_cli_lpips_prints_published_value(capsys):
     code = main(["lpips", str(REFERENCE / "ex_ref.png"), str(REFERENCE / "ex_p0.png")])
     assert code == 0
-    assert capsys.readouterr().out.strip() == "0.722"
+    label, value = capsys.readouterr().out.strip().split(": ")  # labelled, 4 significant digits
+    assert label == "lpips_alex" and len(value.replace("0.", "", 1)) == 4 and round(float(value), 3) == 0.722
     code = main(["lpips", str(REFERENCE / "ex_ref.png"), str(REFERENCE / "ex_p1.png"),
                  "--net", "vgg"])
     assert code == 0
-    assert capsys.readouterr().out.strip() == "0.422"
+    label, value = capsys.readouterr().out.strip().split(": ")
+    assert label == "lpips_vgg" and round(float(value), 3) == 0.422
 
 
 def test_cli_lpips_names_corrupt_file(tmp_path, capsys):

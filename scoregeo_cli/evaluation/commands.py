@@ -1,4 +1,8 @@
-"""``scoregeo lpips A B`` and ``scoregeo fid DIR_A DIR_B``: the metrics on image files."""
+"""``scoregeo lpips A B`` and ``scoregeo fid DIR_A DIR_B``: the metrics on image files.
+
+Results go to stdout as ``key: value`` lines (easy to parse); what was read (how many
+images from where) and progress go to stderr.
+"""
 
 from __future__ import annotations
 
@@ -12,30 +16,81 @@ INCEPTION_RESIZES = ("tf1_bilinear", "antialiased_bilinear")
 
 
 def lpips_main(argv: list[str], prog: str) -> int:
-    """Print the LPIPS distance between two image files of the same size."""
+    """Print the LPIPS distance between two image files of the same size, or the mean and
+    std over the images of the same name in two folders."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="LPIPS v0.1 distance between two images of the same size, computed at "
                     "their own size (grayscale is repeated to RGB; only images too small for "
                     "the trunk, under 31 px on the shorter side for alex or 16 px for vgg, "
-                    "are upsampled bilinearly to 64). Needs `scoregeo weights`.")
-    parser.add_argument("image_a", type=Path, metavar="A")
-    parser.add_argument("image_b", type=Path, metavar="B")
+                    "are upsampled bilinearly to 64). Given two folders: every image of DIR_A "
+                    "against the image of the same name in DIR_B, their mean and std. Prints "
+                    "lpips_<net>: <value> lines. Needs `scoregeo weights`.")
+    parser.add_argument("image_a", type=Path, metavar="A", help="an image file, or a folder of images")
+    parser.add_argument("image_b", type=Path, metavar="B", help="an image file, or a folder of images")
     parser.add_argument("--net", choices=("alex", "vgg"), default="alex",
                         help="trunk network (default: alex)")
-    parser.add_argument("--digits", type=int, default=3, help="decimals printed (default: 3)")
+    parser.add_argument("--digits", type=int, default=4, help="significant digits printed (default: 4)")
     args = parser.parse_args(argv)
+    if args.digits < 1:
+        raise ScoregeoError(f"--digits must be at least 1, got {args.digits}")
 
-    from scoregeo_cli.evaluation.images import lpips_distance, load_image
+    from scoregeo_cli.reporting import progress
 
-    a, b = load_image(args.image_a), load_image(args.image_b)
+    with progress.activity(prog):
+        if args.image_a.is_dir() or args.image_b.is_dir():
+            return _lpips_folders(args, prog)
+        from scoregeo_cli.evaluation.images import lpips_distance
+
+        a, b = _lpips_pair(args.image_a, args.image_b)
+        distance = float(lpips_distance(a[None], b[None], net=args.net)[0])
+    print(f"lpips_{args.net}: {distance:#.{args.digits}g}")
+    return 0
+
+
+def _lpips_pair(path_a: Path, path_b: Path):
+    """Two images of the same size, as (C, H, W) with the same number of channels."""
+    from scoregeo_cli.evaluation.images import load_image
+
+    a, b = load_image(path_a), load_image(path_b)
     if a.shape[1:] != b.shape[1:]:
-        raise ScoregeoError(f"{args.image_a} is {a.shape[2]}x{a.shape[1]} but {args.image_b} is "
+        raise ScoregeoError(f"{path_a} is {a.shape[2]}x{a.shape[1]} but {path_b} is "
                             f"{b.shape[2]}x{b.shape[1]}; LPIPS compares images of the same size.")
     if a.shape[0] != b.shape[0]:  # one grayscale, one RGB
         a, b = a.expand(3, -1, -1), b.expand(3, -1, -1)
-    distance = lpips_distance(a[None], b[None], net=args.net)
-    print(f"{float(distance[0]):.{args.digits}f}")
+    return a, b
+
+
+def _lpips_folders(args, prog: str) -> int:
+    import sys
+
+    import torch
+
+    from scoregeo_cli.evaluation.images import list_images, lpips_distance
+    from scoregeo_cli.reporting import progress
+
+    for path in (args.image_a, args.image_b):
+        if not path.is_dir():
+            raise ScoregeoError(f"{path} is not a folder; give two image files or two folders")
+    files_b = {p.name: p for p in list_images(args.image_b)}
+    files_a = list_images(args.image_a)
+    pairs = [(p, files_b[p.name]) for p in files_a if p.name in files_b]
+    if not pairs:
+        raise ScoregeoError(f"no image of {args.image_a} has a namesake in {args.image_b}; "
+                            "LPIPS of folders compares images of the same name")
+    print(f"{prog}: {len(pairs)} image pairs of the same name ({len(files_a)} images in {args.image_a}, "
+          f"{len(files_b)} in {args.image_b})", file=sys.stderr, flush=True)
+    values = []
+    with progress.bar(len(pairs), "LPIPS", "pair") as bar:
+        for path_a, path_b in pairs:
+            a, b = _lpips_pair(path_a, path_b)
+            values.append(float(lpips_distance(a[None], b[None], net=args.net)[0]))
+            bar.update(1)
+    values = torch.tensor(values, dtype=torch.float64)
+    std = float(values.std()) if len(values) > 1 else 0.0
+    print(f"lpips_{args.net}_mean: {float(values.mean()):#.{args.digits}g}")
+    print(f"lpips_{args.net}_std: {std:#.{args.digits}g}")
+    print(f"pairs: {len(values)}")
     return 0
 
 
@@ -70,13 +125,20 @@ def fid_main(argv: list[str], prog: str) -> int:
         list_images,
     )
 
+    import sys
+
+    from scoregeo_cli.reporting import progress
+
     # fail on a bad or too small folder, or a bad subset size, before the network runs
     n_real, n_fake = len(list_images(args.dir_a)), len(list_images(args.dir_b))
     check_set_sizes(n_real, n_fake)
     if args.kid:
         subset_size = kid_subset_size_for(n_real, n_fake, args.kid_subset_size)
-    real = folder_features(args.dir_a, args.batch_size, args.resize)
-    fake = folder_features(args.dir_b, args.batch_size, args.resize)
+    with progress.activity(prog):
+        real = folder_features(args.dir_a, args.batch_size, args.resize)
+        fake = folder_features(args.dir_b, args.batch_size, args.resize)
+    print(f"{prog}: read {len(real)} images from {args.dir_a} (reference) and {len(fake)} from {args.dir_b}",
+          file=sys.stderr, flush=True)
     print(f"fid: {fid_from_features(real, fake):.4f}")
     if args.kid:
         kid, kid_std = kid_from_features(real, fake, subset_size)

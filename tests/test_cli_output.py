@@ -1,0 +1,45 @@
+"""What `scoregeo lpips` and `scoregeo fid` print: labelled values on stdout (4 significant
+digits for LPIPS), what was read on stderr."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from PIL import Image
+
+from scoregeo_cli.cli import main
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
+
+
+def test_lpips_of_two_files_is_labelled_with_four_significant_digits(capsys):
+    assert main(["lpips", str(REFERENCE / "ex_ref.png"), str(REFERENCE / "ex_p1.png")]) == 0
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"lpips_alex: 0\.\d{4}\n", out), out  # 0.1380 style, not a bare 0.138
+
+
+def test_lpips_of_two_folders_pairs_images_by_name(tmp_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    for name in ("ref", "p0", "p1"):
+        Image.open(REFERENCE / f"ex_{name}.png").save(tmp_path / "a" / f"{name}.png")
+        Image.open(REFERENCE / "ex_ref.png").save(tmp_path / "b" / f"{name}.png")
+    Image.open(REFERENCE / "ex_ref.png").save(tmp_path / "a" / "alone.png")  # no namesake: skipped
+    assert main(["lpips", str(tmp_path / "a"), str(tmp_path / "b"), "--digits", "3"]) == 0
+    captured = capsys.readouterr()
+    lines = dict(line.split(": ") for line in captured.out.splitlines())
+    assert set(lines) == {"lpips_alex_mean", "lpips_alex_std", "pairs"} and lines["pairs"] == "3"
+    assert round(float(lines["lpips_alex_mean"]), 2) == round((0 + 0.722 + 0.138) / 3, 2)
+    assert "3 image pairs of the same name (4 images in" in captured.err
+
+
+def test_fid_says_how_many_images_it_read_from_each_folder(tmp_path, capsys):
+    for folder, n in (("real", 3), ("fake", 4)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            Image.new("RGB", (32, 32), color=(40 * i, 80, 200 - 30 * i)).save(tmp_path / folder / f"{i}.png")
+    assert main(["fid", str(tmp_path / "real"), str(tmp_path / "fake")]) == 0
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"fid: \d+\.\d{4}\n", captured.out), captured.out
+    assert f"read 3 images from {tmp_path / 'real'} (reference) and 4 from {tmp_path / 'fake'}" in captured.err
