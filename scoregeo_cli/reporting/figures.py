@@ -26,25 +26,43 @@ def _view(coords: torch.Tensor) -> torch.Tensor:
     return coords @ view
 
 
+SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def manifold_title(manifold) -> str:
+    """'the sphere S² of radius 1 in R³', 'the ellipse (semi-axes 2, 1) in R¹⁰', ..."""
+    space = f"R{str(manifold.ambient_dim).translate(SUPERSCRIPTS)}"
+    if hasattr(manifold, "radius"):
+        d = str(manifold.intrinsic_dim).translate(SUPERSCRIPTS)
+        return f"the sphere S{d} of radius {manifold.radius:g} in {space}"
+    a, b = manifold.semi_axes
+    return (f"the circle of radius {a:g} in {space}" if a == b
+            else f"the ellipse (semi-axes {a:g}, {b:g}) in {space}")
+
+
 def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict, extrapolated: dict,
                          out: Path, max_pairs: int = 4) -> None:
-    """Draw paths in the manifold's own coordinates: its 3-space (spheres S^2, in any
-    ambient dimension; seen from one direction, the near side of the reference cloud darker)
-    or its plane (curves, S^1). Dashed: extrapolations. Drawn on a plain 2-D axes, without
-    pyplot: a 3-D axes costs several times more per figure, which a sweep pays per run."""
+    """Draw paths in the manifold's own coordinates (u1, u2, u3: an orthonormal basis of the
+    subspace it lies in): its 3-space (spheres S^2, in any ambient dimension; seen from one
+    direction, the near side of the reference cloud darker, the axes drawn as a labelled
+    triad) or its plane (curves, S^1). Dots: the nodes of each path; dashed: extrapolations
+    past b. Title, labelled axes and a legend of every style beside the data. Drawn on a
+    plain 2-D axes, without pyplot: a 3-D axes costs several times more per figure, which a
+    sweep pays per run."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     k = manifold.draw_coords(a[:1]).shape[-1]
     if k not in (2, 3):
         return  # nothing faithful to draw for spheres of dimension > 2
-    fig = Figure(figsize=(5, 5))
+    fig = Figure(figsize=(7.8, 4.8), layout="constrained")
     ax = fig.add_subplot()
     ref = _view(manifold.draw_coords(manifold.sample(1200, torch.Generator().manual_seed(0)))).numpy()
     near = ref[:, 2] >= 0 if k == 3 else np.ones(len(ref), dtype=bool)  # a plane has no far side
     ax.scatter(ref[~near, 0], ref[~near, 1], s=3, c="0.9", linewidths=0)
     ax.scatter(ref[near, 0], ref[near, 1], s=3, c="0.75", linewidths=0)
-    for p in range(min(max_pairs, a.shape[0])):
+    shown = min(max_pairs, a.shape[0])
+    for p in range(shown):
         truth = _view(manifold.draw_coords(manifold.geodesic(a[p], b[p], 200))).numpy()
         ax.plot(truth[:, 0], truth[:, 1], c="k", lw=1)
         for name, path in paths.items():
@@ -53,18 +71,46 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
         for name, path in extrapolated.items():
             xy = _view(manifold.draw_coords(path[p])).numpy()
             ax.plot(xy[:, 0], xy[:, 1], "--", c=COLORS.get(name))
-    # legend keys without markers: a marker key costs a third of the figure's drawing time
+    ax.set_aspect("equal", adjustable="datalim")  # the axes keep the layout's box: no label is cut
+    box = ax.dataLim  # the figure as tall as the drawing needs beside a legend column
+    fig.set_size_inches(7.8, min(5.6, max(3.4, 4.8 * box.height / max(box.width, 1e-9) + 1.2)))
+    if k == 3:
+        _triad(ax, ref)
+        ax.set_xlabel("the sphere's 3-D subspace, axes u₁, u₂, u₃ as drawn\n"
+                      "(orthographic view from azimuth −60°, elevation 30°)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        cloud = "the sphere (samples; lighter: far side)"
+    else:
+        ax.set_xlabel("u₁ (axis of the curve's plane)")
+        ax.set_ylabel("u₂ (axis of the curve's plane)")
+        cloud = "the curve (samples)"
+    ax.set_title(f"Paths on {manifold_title(manifold)}: {shown} of {a.shape[0]} pairs", fontsize=10)
+    # method keys without markers (a marker key costs a third of the figure's drawing time);
+    # one key says what the dots are
     keys = [Line2D([], [], c="k", lw=1, label="true geodesic")]
     keys += [Line2D([], [], c=COLORS.get(name), label=name) for name in paths]
-    ax.legend(handles=keys, loc="upper right", fontsize=7)
-    ax.set_aspect("equal")
-    if k == 3:
-        ax.set_axis_off()  # screen coordinates: ticks would mean nothing
-        fig.subplots_adjust(0.02, 0.02, 0.98, 0.98)
-    else:
-        fig.tight_layout()
+    keys += [Line2D([], [], ls="", marker="o", ms=3, c="0.35", label="nodes of a path"),
+             Line2D([], [], ls="", marker="o", ms=3, c="0.75", label=cloud)]
+    if extrapolated:
+        keys.append(Line2D([], [], ls="--", c="0.35", label="extrapolation past b"))
+    fig.legend(handles=keys, loc="outside right upper", fontsize=8, frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, pil_kwargs={"compress_level": 1})  # PNG's default level 6: 5x the time
+
+
+def _triad(ax, ref: np.ndarray) -> None:
+    """The subspace's axes u1, u2, u3 as labelled arrows, below the drawing on the left."""
+    span = ref[:, :2].max(0) - ref[:, :2].min(0)
+    origin = ref[:, :2].min(0) + np.array([0.0, -0.12 * span[1]])
+    axes = _view(torch.eye(3, dtype=torch.float64)).numpy()[:, :2] * 0.18 * span.max()
+    for (dx, dy), name in zip(axes, ("u₁", "u₂", "u₃")):
+        ax.annotate("", xy=(origin[0] + dx, origin[1] + dy), xytext=origin,
+                    arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 0.8})
+        ax.text(origin[0] + 1.25 * dx, origin[1] + 1.25 * dy, name, fontsize=8, color="0.3",
+                ha="center", va="center")
+    low = ref[:, :2].min(0)
+    ax.set_ylim(min(low[1], origin[1] + min(0.0, axes[:, 1].min() * 1.4)) - 0.05 * span[1], None)
 
 
 def to_uint8(images: torch.Tensor):

@@ -364,6 +364,7 @@ def _panels(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]
     for ax, (group, _, _), im in zip(axes.flat, found, images):
         ax.imshow(im)
         ax.set_title(group.label, fontsize=9)
+    f.suptitle(f"{recipe.title}: {fig.name} (seed {seed})", fontsize=10)
     f.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{fig.name}.png"
@@ -382,7 +383,10 @@ def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
     if missing and not partial:
         raise MissingRuns(expected_folders(locator, missing))
     plt = _plt()
-    f, axes = plt.subplots(1, len(fig.metrics), figsize=(4.2 * len(fig.metrics), 3.4), squeeze=False)
+    from matplotlib.ticker import NullFormatter
+
+    f, axes = plt.subplots(1, len(fig.metrics), figsize=(4.2 * len(fig.metrics), 3.9), squeeze=False,
+                           layout="constrained")
     xname = None
     for loc in located:
         cells, methods = aggregate(loc)
@@ -403,14 +407,14 @@ def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
         ax.set_ylabel(spec.get("label", spec["metric"]))
         if spec.get("logx", True):
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks collide
         if spec.get("logy", False):
             ax.set_yscale("log")
         if "reference" in spec:
-            ax.axhline(float(spec["reference"]), c="0.5", lw=0.8, ls="--")
+            ax.axhline(float(spec["reference"]), c="0.5", lw=0.8, ls="--", label=f"reference ({spec['reference']})")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    f.suptitle(f"{recipe.title} (mean ± std over seeds)", fontsize=9)
-    f.tight_layout()
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)  # below the data
+    f.suptitle(f"{recipe.title} (dots: mean over seeds, bars: ± std)", fontsize=9)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{fig.name}.png"
     f.savefig(target, dpi=130)

@@ -83,24 +83,30 @@ class NoiseDiagnosticsTask:
             curves["residual"].append(float(residual.mean()))
             print(f"sigma={sigma:<6g} ddpm_t={level:<4d} angle={curves['angle_deg'][-1]:7.2f} deg  "
                   f"residual={curves['residual'][-1]:.3e}")
-        _plot(curves, run_dir / "noise_diagnostics.png")
+        _plot(curves, run_dir / "noise_diagnostics.png", n)
         return rows
 
 
-def _plot(curves: dict, out: Path) -> None:
+def _plot(curves: dict, out: Path, points: int | None = None) -> None:
+    """Both diagnostics against sigma, with a title, labelled axes and legends below the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    left.semilogx(curves["sigma"], curves["angle_deg"], "o-")
-    left.set(xlabel="sigma", ylabel="mean angle(s, to manifold) [deg]", title="score direction")
-    right.loglog(curves["sigma"], curves["residual"], "o-", label="measured")
+    mean = f"mean over {points} points" if points else "mean over the points"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4.2), layout="constrained")
+    left.semilogx(curves["sigma"], curves["angle_deg"], "o-", label=f"measured ({mean})")
+    left.set(xlabel="noise level sigma", ylabel="angle between s(x) and P(x) - x [deg]",
+             title="score direction (0: straight to the manifold)")
+    right.loglog(curves["sigma"], curves["residual"], "o-", label=f"measured ({mean})")
     s0, r0 = curves["sigma"][0], curves["residual"][0]
-    right.loglog(curves["sigma"], [r0 * (s / s0) ** 2 for s in curves["sigma"]], "k--", label="slope 2")
-    right.set(xlabel="sigma", ylabel="mean |sigma^2 s + (x - Px)|", title="geometry residual")
-    right.legend()
-    fig.tight_layout()
+    right.loglog(curves["sigma"], [r0 * (s / s0) ** 2 for s in curves["sigma"]], "k--",
+                 label="slope 2 (O(sigma^2)), through the first point")
+    right.set(xlabel="noise level sigma", ylabel="|sigma^2 s(x) + (x - P(x))|", title="geometry residual")
+    for ax in (left, right):
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False)
+    fig.suptitle("Noise-level diagnostics of the score near the manifold (x perturbed off it, P(x) its projection)",
+                 fontsize=10)
     fig.savefig(out, dpi=110)
     plt.close(fig)
