@@ -393,6 +393,18 @@ def report_sweep(config: DictConfig, jobs: list, returns) -> None:
             print(f"  {folder}", flush=True)
 
 
+def tidy_launcher_folders(config: DictConfig) -> None:
+    """submitit's local launcher makes its log folder pattern itself, a folder literally
+    named ``%j`` beside the jobs' own; it stays empty and goes again here."""
+    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
+    if folder is None or "%" not in str(folder):
+        return
+    parts = Path(str(folder)).parts
+    cut = next(i for i, part in enumerate(parts) if "%" in part)
+    with contextlib.suppress(OSError):
+        Path(*parts[:cut + 1]).rmdir()  # only if empty
+
+
 def submitit_logs(config: DictConfig) -> str | None:
     """Where a submitit launcher writes each job's log (None for other launchers)."""
     folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,50 @@ def test_noise_diagnostics_table_heads_its_rows_sigma(tmp_path, monkeypatch, cap
     table = out[out.index("metric rows in"):].splitlines()[1:]
     assert table[0].split()[:2] == ["sigma", "angle_deg"]
     assert [line.split()[0] for line in table[2:4]] == ["0.05", "0.1"]
+
+
+def test_a_launcher_reporting_a_failed_job_ends_in_one_sentence():
+    """A launcher that raises for a failed job (submitit's UncompletedJobError): one
+    sentence that names the job logs, not the launcher's traceback."""
+    from omegaconf import OmegaConf
+
+    from scoregeo_cli.app import report_failed_launch
+    from scoregeo_cli.errors import ScoregeoError
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": "/o/sphere"},
+                                         "launcher": {"submitit_folder": "/o/sphere/.submitit/%j"}}})
+
+    class UncompletedJobError(RuntimeError):
+        pass
+
+    with pytest.raises(ScoregeoError) as caught:
+        report_failed_launch(config, UncompletedJobError("Job 42 (task: 0) with path /o/x\nhas not produced any output"))
+    assert str(caught.value) == ("a job of the sweep failed (UncompletedJobError: Job 42 (task: 0) with path /o/x); "
+                                 "its log: /o/sphere/.submitit/<job id>/<job id>_0_log.out")
+
+
+@pytest.mark.slow
+def test_submitit_local_checks_every_job_first_and_says_where_results_are(tmp_path):
+    """hydra/launcher=submitit_local (the [slurm] extra): a bad job refuses the sweep in the
+    launching process at once (exit 2, one line, nothing made); a good sweep leaves no
+    literal `%j` folder and prints where the run folders and the jobs' logs are."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    base = [sys.executable, "-m", "scoregeo_cli.cli", "run", "-m", "hydra/launcher=submitit_local", "n_pairs=2",
+            "eval.figure=false"]
+    began = time.monotonic()
+    bad = subprocess.run([*base, "metric.lam=10,-1", f"output_root={tmp_path}/bad"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip().splitlines() == ["scoregeo: error: metric.lam must be >= 0, got -1"]
+    assert time.monotonic() - began < 20 and not (tmp_path / "bad").exists()
+
+    good = subprocess.run([*base, "seed=0,1", f"output_root={tmp_path}/good"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stderr
+    sweep = tmp_path / "good" / "sphere"
+    assert len(list(sweep.rglob("DONE"))) == 2
+    assert not list(sweep.rglob("%j"))
+    assert f"2 run(s) of the sweep: {sweep}/<overrides>/seed=<k>" in good.stdout
+    assert f"is in submitit's logs: {sweep}/.submitit/<job id>/<job id>_0_log.out" in good.stdout
+    logs = list((sweep / ".submitit").rglob("*_0_log.out"))
+    assert len(logs) == 2 and all("metric rows in" in log.read_text() for log in logs)

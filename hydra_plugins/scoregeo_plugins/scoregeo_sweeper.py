@@ -149,5 +149,7 @@ class ScoregeoSweeper(Sweeper):
         except Exception as err:  # noqa: BLE001  (a launcher's report of a failed job)
             app.report_failed_launch(self.config, err)
             raise
+        finally:
+            app.tidy_launcher_folders(self.config)
         app.report_sweep(self.config, batch, results)
         return [results]
