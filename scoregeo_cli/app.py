@@ -254,19 +254,34 @@ def check_same_run(run_dir: Path, hydra_cfg=None) -> None:
                             f"requested [{' '.join(requested)}]; pass another output_root, or rerun=true to replace it")
 
 
-def check_job(cfg: DictConfig) -> None:
+_PREPARED: dict = {}  # job overrides -> (task, prepared) checked by the sweeper for a job of this process
+KEEP_PREPARED = 16    # at most this many are kept (each holds what its run built)
+
+
+def check_jobs(configs: list[DictConfig], keep: bool = False) -> None:
+    """``check_job`` for every job of a sweep; with ``keep`` (the jobs run in this process)
+    the first KEEP_PREPARED jobs keep what they built for their run, which then neither
+    checks nor builds it again."""
+    _PREPARED.clear()
+    for cfg in configs:
+        held = check_job(cfg)
+        if keep and held is not None and len(_PREPARED) < KEEP_PREPARED:
+            _PREPARED[tuple(str(o) for o in cfg.hydra.overrides.task)] = held
+
+
+def check_job(cfg: DictConfig):
     """Every refusal of one job of a sweep, from its composed config (``hydra`` node
     included), in the launching process before any job starts: types and values, a finished
     run of other overrides in its folder, and the task's own checks (``prepare``: everything
-    a run builds before it computes) unless the job will be skipped as finished."""
+    a run builds before it computes) unless the job will be skipped as finished. Returns
+    (task, what prepare built), or None for a job that will be skipped."""
     check_types(cfg, [str(o) for o in cfg.hydra.overrides.task])
     folder = job_folder(cfg)
     if folder is not None and not cfg.get("rerun") and results.is_done(folder):
         check_same_run(folder, cfg.hydra)
-        return
+        return None
     task = instantiate(cfg.task)
-    if hasattr(task, "prepare"):
-        task.prepare(cfg)
+    return task, (task.prepare(cfg) if hasattr(task, "prepare") else None)
 
 
 def record_config(run_dir: Path, cfg: DictConfig) -> None:
@@ -301,8 +316,11 @@ def run_experiment(cfg: DictConfig) -> dict | None:
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
     # 1. refusals: nothing is written, and the folder Hydra made for the run goes again
+    overrides = [str(o) for o in HydraConfig.get().overrides.task]
+    held = _PREPARED.pop(tuple(overrides), None)  # checked and built by this process's sweeper
     try:
-        check_types(cfg, [str(o) for o in HydraConfig.get().overrides.task])
+        if held is None:
+            check_types(cfg, overrides)
         apply_threads(cfg)
         if not cfg.rerun and results.is_done(run_dir):
             with results.run_lock(run_dir):
@@ -310,8 +328,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
                     check_same_run(run_dir)
                     print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
                     return None
-        task = instantiate(cfg.task)
-        prepared = task.prepare(cfg) if hasattr(task, "prepare") else None
+        if held is not None:
+            task, prepared = held
+        else:
+            task = instantiate(cfg.task)
+            prepared = task.prepare(cfg) if hasattr(task, "prepare") else None
     except (*REFUSALS, KeyboardInterrupt) as err:
         remove_empty_folders(run_dir, _sweep_dir())
         if isinstance(err, KeyboardInterrupt):
@@ -469,6 +490,7 @@ def _hydra(app, argv: list[str], prog: str) -> int:
     except REFUSALS as err:
         _fail(err)
     finally:
+        _PREPARED.clear()  # what a sweep's check built serves its own jobs only
         if main_thread:
             signal.signal(signal.SIGINT, previous_handler)
         sys.argv = previous_argv

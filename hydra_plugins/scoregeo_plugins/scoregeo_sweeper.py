@@ -131,12 +131,10 @@ class ScoregeoSweeper(Sweeper):
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         batch = expand(overrides)
         in_process = isinstance(self.launcher, ScoregeoLauncher)
-        composed = {}
-        for job in batch:  # every job is checked before any starts: one bad job refuses the sweep
-            config = compose(self.hydra_context, self.config, job)
-            app.check_job(config)
-            if in_process:
-                composed[tuple(job)] = config
+        composed = {tuple(job): compose(self.hydra_context, self.config, job) for job in batch}
+        # every job is checked before any starts: one bad job refuses the sweep; jobs that run
+        # in this process keep what the check built
+        app.check_jobs(list(composed.values()), keep=in_process)
         if in_process:
             self.launcher.composed = composed
         sweep_dir = Path(str(self.config.hydra.sweep.dir))

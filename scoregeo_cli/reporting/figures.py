@@ -55,8 +55,9 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
     k = manifold.draw_coords(a[:1]).shape[-1]
     if k not in (2, 3):
         return  # nothing faithful to draw for spheres of dimension > 2
-    fig = Figure(figsize=(7.8, 4.8), layout="constrained")
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(7.8, 4.8))
+    ax = fig.add_axes((0, 0, 1, 1))  # placed below, once the height is known (no layout engine:
+    # it would triple the time savefig takes, paid by every run of a sweep)
     ref = _view(manifold.draw_coords(manifold.sample(1200, torch.Generator().manual_seed(0)))).numpy()
     near = ref[:, 2] >= 0 if k == 3 else np.ones(len(ref), dtype=bool)  # a plane has no far side
     ax.scatter(ref[~near, 0], ref[~near, 1], s=3, c="0.9", linewidths=0)
@@ -71,16 +72,20 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
         for name, path in extrapolated.items():
             xy = _view(manifold.draw_coords(path[p])).numpy()
             ax.plot(xy[:, 0], xy[:, 1], "--", c=COLORS.get(name))
-    ax.set_aspect("equal", adjustable="datalim")  # the axes keep the layout's box: no label is cut
-    box = ax.dataLim  # the figure as tall as the drawing needs beside a legend column
-    fig.set_size_inches(7.8, min(5.6, max(3.4, 4.8 * box.height / max(box.width, 1e-9) + 1.2)))
     if k == 3:
         _triad(ax, ref)
+    ax.set_aspect("equal", adjustable="datalim")  # the axes keep their box: no label is cut
+    box = ax.dataLim  # the figure as tall as the drawing needs beside a legend column
+    width, left, right, bottom, top = 8.0, 0.75, 2.65, (0.7 if k == 3 else 0.55), 0.35
+    height = min(5.6, max(3.4, (width - left - right) * box.height / max(box.width, 1e-9) + bottom + top))
+    fig.set_size_inches(width, height)
+    ax.set_position((left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height))
+    if k == 3:
         ax.set_xlabel("the sphere's 3-D subspace, axes u₁, u₂, u₃ as drawn\n"
                       "(orthographic view from azimuth −60°, elevation 30°)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-        cloud = "the sphere (samples; lighter: far side)"
+        cloud = "the sphere (samples; pale: far side)"
     else:
         ax.set_xlabel("u₁ (axis of the curve's plane)")
         ax.set_ylabel("u₂ (axis of the curve's plane)")
@@ -94,7 +99,8 @@ def plot_synthetic_paths(manifold, a: torch.Tensor, b: torch.Tensor, paths: dict
              Line2D([], [], ls="", marker="o", ms=3, c="0.75", label=cloud)]
     if extrapolated:
         keys.append(Line2D([], [], ls="--", c="0.35", label="extrapolation past b"))
-    fig.legend(handles=keys, loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(handles=keys, loc="upper left", bbox_to_anchor=(1 - (right - 0.1) / width, 1 - top / height),
+               fontsize=8, frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, pil_kwargs={"compress_level": 1})  # PNG's default level 6: 5x the time
 
@@ -109,8 +115,7 @@ def _triad(ax, ref: np.ndarray) -> None:
                     arrowprops={"arrowstyle": "->", "color": "0.3", "lw": 0.8})
         ax.text(origin[0] + 1.25 * dx, origin[1] + 1.25 * dy, name, fontsize=8, color="0.3",
                 ha="center", va="center")
-    low = ref[:, :2].min(0)
-    ax.set_ylim(min(low[1], origin[1] + min(0.0, axes[:, 1].min() * 1.4)) - 0.05 * span[1], None)
+    ax.update_datalim(np.vstack([origin, origin + 1.4 * axes]))  # room for the triad
 
 
 def to_uint8(images: torch.Tensor):
