@@ -99,6 +99,7 @@ class RunFolders(Callback):
     and keeps every folder that was there before (conf/config.yaml: hydra.callbacks)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:...} in the folder resolves
         _note_existing(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:

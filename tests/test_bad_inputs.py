@@ -314,3 +314,12 @@ def test_shipped_configs_pass_the_type_checks():
             cfg = compose("config", overrides=overrides)
         check_types(cfg)
     GlobalHydra.instance().clear()
+
+
+def test_train_refusal_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`scoregeo train` of a score with nothing to train: one sentence, exit 2, and not even
+    the folders of its run (``train/<experiment>/<score>/seed-<k>``) stay behind."""
+    code, err = run_in_process(["train", "experiment=sphere", f"output_root={tmp_path}/out"], monkeypatch, capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "scoregeo: error: score 'analytic' has nothing to train; choose a trainable backbone, e.g. score=mlp"]
+    assert not (tmp_path / "out").exists()
