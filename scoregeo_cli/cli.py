@@ -58,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scoregeo: unknown command '{name}'; choose one of: {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2
-    module_name, function_name = SUBCOMMANDS[name][0].split(":")
-    command = getattr(importlib.import_module(module_name), function_name)
     from scoregeo_cli.errors import ScoregeoError
+    from scoregeo_cli.reporting import progress
 
     try:
-        return int(command(rest, prog=f"scoregeo {name}") or 0)
+        with progress.activity(f"scoregeo {name}"):  # a log hears from a long command from its start
+            module_name, function_name = SUBCOMMANDS[name][0].split(":")
+            command = getattr(importlib.import_module(module_name), function_name)
+            return int(command(rest, prog=f"scoregeo {name}") or 0)
     except ScoregeoError as err:
         print(f"scoregeo {name}: error: {err}", file=sys.stderr)
         return 2

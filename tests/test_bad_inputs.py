@@ -260,6 +260,7 @@ def run_process(argv: list[str], cwd: Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("setup, words, how", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SCOREGEO_PROGRESS_INTERVAL", "600")  # stderr: the sentence alone (progress: test_progress)
     argv = ["run", *_argv(setup, tmp_path, monkeypatch)]
     planted = {p for p in tmp_path.rglob(results.DONE)}
     before = set(tmp_path.rglob("*"))
