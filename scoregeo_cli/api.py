@@ -591,10 +591,16 @@ def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric
             ("gauss4", "midpoint", "trapezoid", "simpson", "gauss<k>"), ``evaluate_at``,
             ``length_points`` (stein), ``alpha`` (pullback), ``beta`` (conformal); of the
             solver: ``max_evals`` (budget of batched score evaluations), ``gtol`` (relative
-            gradient tolerance of ``converged``), ``warm_start``, ``max_damping``
-            (gauss_newton), ``tol``, ``min_step`` (fixed_point), ``lr``, ``tol``,
-            ``freeze_score`` (lbfgs, adam). Defaults are those of ``scoregeo run``; in
-            float32 a ``gtol`` of about 1e-5 is reachable, the default 1e-8 is not.
+            gradient tolerance of ``converged``), ``float32_gtol`` and ``etol`` (gauss_newton,
+            for a score that computes in float32: its relative gradient tolerance, and converged
+            also when the energy is stable to ``etol``), ``warm_start``, ``max_damping``,
+            ``damping``, ``levels`` (node counts of coarse paths solved first; [] for none),
+            ``coarse_quadrature``, ``coarse_gtol`` (gauss_newton), ``tol``, ``min_step``
+            (fixed_point), ``lr``, ``tol``, ``freeze_score`` (lbfgs, adam). Defaults are those
+            of ``scoregeo run``, except that gauss_newton runs without coarse levels and
+            float32 tolerances unless asked (``scoregeo run``'s are ``levels=[4, 7, 11],
+            coarse_quadrature="gauss2", float32_gtol=1e-5, etol=1e-5``): in float32 a
+            ``gtol`` of about 1e-5 is reachable, the default 1e-8 is not.
 
     Returns:
         A ``Geodesic``: the path (P, nodes, *shape) and its energy, g-length, convergence

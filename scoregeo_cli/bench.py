@@ -32,7 +32,10 @@ from scoregeo_cli.evaluation.geometry import TruthReference, truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.reporting.results import atomic_write_json
 
-SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton")
+SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton_plain", "gauss_newton")
+# what `scoregeo bench` runs on each problem without --solvers: the optimisers on the UNet take
+# tens of minutes on a CPU (ask for them with --solvers)
+DEFAULT_SOLVERS = {"sphere": SOLVERS, "mnist": ("fixed_point", "gauss_newton")}
 
 
 def solver_from_config(name: str, nodes: int):
@@ -50,6 +53,29 @@ def metric_from_config(score, normalize: str = "none"):
         cfg = compose("config", overrides=[f"metric.normalize={normalize}"])
     GlobalHydra.instance().clear()
     return instantiate(cfg.metric)(score=score)
+
+
+def reference_solve(metric, a: torch.Tensor, b: torch.Tensor, nodes: int):
+    """The fine reference of a problem: Gauss-Newton on 2 (nodes - 1) + 1 nodes to a tight
+    tolerance (relative gradient 1e-7 or energy decrement 1e-8), coarse-to-fine."""
+    from scoregeo_cli.geometry.solvers import GaussNewtonSolver
+
+    fine = 2 * (nodes - 1) + 1
+    solver = GaussNewtonSolver(fine, max_evals=400, gtol=1e-7, etol=1e-8, damping="nielsen",
+                               levels=[5, 9, nodes], coarse_quadrature="gauss2")
+    return solver(metric, a, b)
+
+
+def reference_errors(metric, path: torch.Tensor, reference: torch.Tensor, ref_length: torch.Tensor,
+                     a: torch.Tensor, b: torch.Tensor) -> dict:
+    """g-length error (max over pairs, relative) and the largest node distance to the fine
+    reference curve (relative to |b - a|)."""
+    from scoregeo_cli.geometry.solvers import resample
+
+    dense = resample(reference, 8 * (reference.shape[1] - 1) + 1, metric.interpolation)
+    length = metric.length(path)
+    node = max(float(polyline_distance(path[p], dense[p]).max() / (b[p] - a[p]).norm()) for p in range(len(a)))
+    return {"g_length_error": float(((length - ref_length).abs() / ref_length).max()), "ref_node_error": node}
 
 
 def vjp_cost(metric, path: torch.Tensor, repeats: int = 3) -> float:
@@ -122,10 +148,14 @@ PROBLEMS = {"sphere": ("sphere S2 in R10 (sigma 0.15, lam 1000)", sphere_problem
             "mnist": ("rotated digits, packaged UNet, t 400 (lam 1000)", mnist_problem)}
 
 
-def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
-              problems=("sphere", "mnist"), normalize: str = "none") -> list[dict]:
+def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=None,
+              problems=("sphere", "mnist"), normalize: str = "none", reference: bool = False) -> list[dict]:
+    """Records of every (problem, solver); ``solvers`` None: ``DEFAULT_SOLVERS`` per problem.
+    ``reference``: also solve a fine reference (``reference_solve``) and record every path's
+    g-length error and node distance to it."""
     records = []
     for key in problems:
+        names = DEFAULT_SOLVERS[key] if solvers is None else solvers
         problem, make = PROBLEMS[key]
         metric, a, b, error = make(pairs, seed, normalize)
         problem = (f"{problem}, normalize={normalize}, {metric.interpolation} {metric.quadrature}, "
@@ -133,12 +163,24 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
         line = lerp(a, b, nodes)
         cost = vjp_cost(metric, line)
         unit = a.shape[0] * metric.curve(nodes).phi.shape[0]  # points of one batched forward
+        refs = {}
+        if reference:
+            start = time.perf_counter()
+            ref = reference_solve(metric, a, b, nodes)
+            ref_length = metric.length(ref.path)
+            refs = {"path": ref.path, "length": ref_length}
+            print(f"{problem}: fine reference ({ref.path.shape[1]} nodes) in {time.perf_counter() - start:.1f} s, "
+                  f"{int(ref.converged.sum())}/{len(a)} converged", flush=True)
+
+        def against_reference(path):
+            return reference_errors(metric, path, refs["path"], refs["length"], a, b) if refs else {}
+
         records.append({"problem": problem, "solver": "lerp (no solve)", "score_evals": 0, "vjp_evals": 0,
-                        "fwd_eq": 0.0, "vjp_cost": cost, "seconds": 0.0,
+                        "fwd_eq": 0.0, "network_passes_per_pair": 0.0, "vjp_cost": cost, "seconds": 0.0,
                         "outside_network": float("nan"), "pairs": a.shape[0], "converged": a.shape[0],
                         "energy": float(metric.energy(line).mean()), "grad_rel": 1.0,
-                        "g_length": float(metric.length(line).mean()), **error(line)})
-        for name in solvers:
+                        "g_length": float(metric.length(line).mean()), **error(line), **against_reference(line)})
+        for name in names:
             solver = solver_from_config(name, nodes)
             metric.score.reset_counters()
             start = time.perf_counter()
@@ -148,15 +190,17 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
                 "problem": problem, "solver": name, "score_evals": result.score_evals,
                 "vjp_evals": result.vjp_evals, "vjp_cost": cost,
                 "fwd_eq": (result.score_points + cost * result.vjp_points) / unit,
-                "seconds": wall, "outside_network": 1 - metric.score.seconds / wall,
+                "network_passes_per_pair": (result.score_points + cost * result.vjp_points) / a.shape[0],
+                "seconds": wall, "seconds_per_pair": wall / a.shape[0], "outside_network": 1 - metric.score.seconds / wall,
                 "energy": float(result.energy.mean()),
                 "grad_rel": float((result.grad_norm / result.grad_norm0).max()),
                 "g_length": float(metric.length(result.path).mean()), **error(result.path),
+                **against_reference(result.path),
                 "converged": int(result.converged.sum()), "pairs": a.shape[0],
             })
             print(f"{problem}: {name} done in {wall:.1f} s", flush=True)
         ref = next(r for r in records if r["problem"] == problem and r["solver"] == "adam_reference") \
-            if "adam_reference" in solvers else None
+            if "adam_reference" in names else None
         for r in records:
             if r["problem"] == problem and ref is not None and r["score_evals"]:
                 r["evals_vs_reference"] = r["score_evals"] / ref["score_evals"]
@@ -167,21 +211,23 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=SOLVERS,
 
 def format_records(records: list[dict]) -> str:
     nan = float("nan")
-    head = (f"{'solver':<15} {'evals':>6} {'vjps':>5} {'fwd_eq':>8} {'x ref':>7} {'seconds':>8} {'x ref':>7} "
-            f"{'bwd+ovh':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} {'error_max':>10} "
-            f"{'metric_err':>10}")
+    head = (f"{'solver':<19} {'evals':>6} {'vjps':>5} {'passes/pair':>11} {'fwd_eq':>8} {'x ref':>7} "
+            f"{'s/pair':>7} {'bwd+ovh':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} "
+            f"{'g_len_err':>9} {'ref_node':>8} {'error_max':>10} {'metric_err':>10}")
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in records):
         first = next(r for r in records if r["problem"] == problem)
         truth = f"; metric geodesic g-length {first['truth_length']:.5g}" if "truth_length" in first else ""
         lines += [f"\n{problem} (VJP = {first['vjp_cost']:.2f} forward{truth})", head, "-" * len(head)]
         for r in (r for r in records if r["problem"] == problem):
-            lines.append(f"{r['solver']:<15} {r['score_evals']:>6d} {r['vjp_evals']:>5d} {r['fwd_eq']:>8.1f} "
-                         f"{r.get('fwd_eq_vs_reference', nan):>7.3f} "
-                         f"{r['seconds']:>8.3f} {r.get('time_vs_reference', nan):>7.3f} "
+            lines.append(f"{r['solver']:<19} {r['score_evals']:>6d} {r['vjp_evals']:>5d} "
+                         f"{r['network_passes_per_pair']:>11.0f} {r['fwd_eq']:>8.1f} "
+                         f"{r.get('fwd_eq_vs_reference', nan):>7.3f} {r.get('seconds_per_pair', 0.0):>7.2f} "
                          f"{100 * r['outside_network']:>7.1f}% "
                          f"{r['energy']:>10.5g} {r['grad_rel']:>9.1e} {r['converged']:>2d}/{r['pairs']:<2d} "
-                         f"{r['g_length']:>9.5g} {r['error_max']:>10.3g} {r.get('metric_error_max', nan):>10.3g}")
+                         f"{r['g_length']:>9.5g} {r.get('g_length_error', nan):>9.1e} "
+                         f"{r.get('ref_node_error', nan):>8.1e} {r['error_max']:>10.3g} "
+                         f"{r.get('metric_error_max', nan):>10.3g}")
     return "\n".join(lines)
 
 
@@ -191,10 +237,15 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
     parser.add_argument("--pairs", type=int, default=4, help="pairs solved together (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nodes", type=int, default=16)
-    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument("--solvers", nargs="+", default=None, choices=SOLVERS,
+                        help="solvers of every problem (default: all on the sphere; fixed_point and "
+                             "gauss_newton on the UNet, where the optimisers take tens of minutes)")
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--normalize", default="none", choices=["none", "unit"],
                         help="metric.normalize of every problem (default: none, the raw score)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also solve a fine reference (2x the segments, tight tolerance) and report "
+                             "each path's g-length error and node distance to it")
     parser.add_argument("--out", default="outputs/bench/bench.json", help="JSON results (default %(default)s)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1, fastest on a shared 2-core machine; 0: torch's default)")
@@ -203,7 +254,8 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
         raise ScoregeoError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems, args.normalize)
+    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems, args.normalize,
+                        args.reference)
     print(format_records(records))
     atomic_write_json(Path(args.out), records)
     print(f"\nwritten {args.out}")

@@ -2,7 +2,9 @@
 
 Every solver reports the true gradient norm of the energy (over the interior nodes) at its
 start and end (``grad_norm0``, ``grad_norm``, measured after the solve and not counted in
-``score_evals``); ``converged`` means grad_norm <= gtol * grad_norm0.
+``score_evals``); ``converged`` means grad_norm <= gtol * grad_norm0 (Gauss-Newton with
+float32 tolerances: also an energy stable to ``etol``). ``score_points`` and ``vjp_points``
+count single-point forward and backward passes through the score (``network_passes``).
 
 Solvers are callables ``solver(metric, a, b) -> GeodesicResult`` on P pairs at once
 (a, b of shape (P, D)). Every path of every pair goes through the score network in one
@@ -13,6 +15,8 @@ batched call per iteration (chunked by the score field).
   evaluation and one vector-Jacobian product per iteration), solve the Gauss-Newton normal
   equations through their low-rank structure (a K x K solve, K quadrature points, never
   D x D), backtrack on the true energy. Converges to a stationary point of the true energy.
+  Coarse to fine (``levels``): most iterations on paths of a few nodes, the last from their
+  resampled curve.
 * ``FixedPointSolver``: freeze the metric at the current path, solve the frozen problem in
   closed form (an (N k) x (N k) solve), re-evaluate the scores, repeat; steps that raise
   the true energy are damped. No gradient through the network.
@@ -23,9 +27,11 @@ batched call per iteration (chunked by the score field).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
@@ -102,6 +108,12 @@ def gradient_norm(metric: Metric, path: torch.Tensor) -> torch.Tensor:
     return grad.flatten(1).norm(dim=-1).detach()
 
 
+def network_passes(result: "GeodesicResult", cost: float) -> float:
+    """Single-point network passes per pair of a solve: (forward points + backward points x
+    ``cost``) / pairs."""
+    return (result.score_points + cost * result.vjp_points) / max(1, result.path.shape[0])
+
+
 def _finish(metric: Metric, result: "GeodesicResult", path0: torch.Tensor, gtol: float,
             points0: int) -> "GeodesicResult":
     """Fill the gradient norms, ``converged`` and the point counts of a result."""
@@ -112,6 +124,17 @@ def _finish(metric: Metric, result: "GeodesicResult", path0: torch.Tensor, gtol:
     result.converged = result.grad_norm <= gtol * result.grad_norm0
     result.score_points = metric.score.points - points0
     return result
+
+
+def score_is_float32(score, points: torch.Tensor) -> bool:
+    """Whether ``score`` computes in float32 (a network): points of a float32 dtype, or a
+    score whose value does not change when its float64 input is rounded to float32 (one
+    point, two evaluations, counted)."""
+    if points.dtype != torch.float64:
+        return True
+    x = points[:1].detach()
+    with torch.no_grad():
+        return bool(torch.equal(score(x), score(x.float().to(x.dtype))))
 
 
 def straight_path(a: torch.Tensor, b: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -417,6 +440,43 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
     return step.to(path.dtype), grad.to(path.dtype)
 
 
+def _resample_matrix(nodes_from: int, nodes_to: int, interpolation: str) -> np.ndarray:
+    """(nodes_to, nodes_from): the curve through ``nodes_from`` nodes at t_j = j / (nodes_from - 1)
+    (not-a-knot cubic spline or polygon), evaluated at ``nodes_to`` evenly spaced parameters."""
+    t = np.linspace(0, 1, nodes_to)
+    knots, eye = np.linspace(0, 1, nodes_from), np.eye(nodes_from)
+    if interpolation == "linear":
+        return np.stack([np.interp(t, knots, eye[j]) for j in range(nodes_from)], axis=1)
+    from scipy.interpolate import CubicSpline
+
+    return CubicSpline(knots, eye, bc_type="not-a-knot")(t)
+
+
+def resample(path: torch.Tensor, nodes: int, interpolation: str = "cubic") -> torch.Tensor:
+    """The curve through the nodes of ``path`` (P, M, D) (``interpolation``: "cubic", the
+    not-a-knot spline, or "linear") at ``nodes`` evenly spaced parameters: (P, nodes, D),
+    with the end nodes kept exactly."""
+    mat = torch.as_tensor(_resample_matrix(path.shape[1], int(nodes), interpolation), dtype=path.dtype,
+                          device=path.device)
+    out = torch.einsum("nm,pmd->pnd", mat, path)
+    out[:, 0], out[:, -1] = path[:, 0], path[:, -1]
+    return out
+
+
+@dataclass
+class _Solve:
+    """State of one Gauss-Newton solve at one discretisation."""
+
+    path: torch.Tensor
+    energy: torch.Tensor
+    converged: torch.Tensor
+    grad_norm0: torch.Tensor | None
+    iterations: int = 0
+    trace: list = field(default_factory=list)
+    vjp_evals: int = 0
+    vjp_points: int = 0
+
+
 class GaussNewtonSolver:
     """Gauss-Newton (Levenberg-Marquardt) on the true curve energy.
 
@@ -425,27 +485,61 @@ class GaussNewtonSolver:
     solves the normal equations, damped by mu I, with ``gauss_newton_step``. The trial is
     accepted when the true energy falls by at least 1e-4 of the decrease the linear model
     predicts (one batched score evaluation per trial; an accepted trial's evaluation is the
-    next linearisation's). mu starts at 0 (pure Gauss-Newton: quadratic convergence where
-    the residuals vanish at the solution); a rejected trial raises it (x4, at least 1e-2 of
-    the mean stiffness) and re-solves without a new evaluation; a good step lowers it (/3).
-    Damping matters where the residuals' own curvature, which Gauss-Newton leaves out, is
-    large: e.g. when a path leaves the sphere's subspace (codimension > 1), where undamped
-    steps overshoot 2-8 times. A pair stops as converged when its true gradient norm falls
-    below ``gtol`` times its value on the first path, and as stalled when mu exceeds
-    ``max_damping`` times its unit. A metric without residual linearisation (no
-    ``evaluate``) is handed to L-BFGS with the same budget.
+    next linearisation's, also when it came after rejected ones). mu starts at 0 (pure
+    Gauss-Newton: quadratic convergence where the residuals vanish at the solution); a
+    rejected trial raises it and re-solves without a new evaluation; a good step lowers it.
+    ``damping="lm"``: x4 (at least 1e-2 of the mean stiffness) on a rejection, /10 after a
+    very good step and back to 0 below a tenth of its unit; ``damping="nielsen"`` (Nielsen's
+    rule): x2, x4, x8 ... on successive rejections, x max(1/3, 1 - (2 rho - 1)^3) after an
+    accepted step with gain ratio rho, so that a problem whose undamped steps overshoot keeps
+    the damping it needed. Damping matters where the residuals' own curvature, which
+    Gauss-Newton leaves out, is large: e.g. when a path leaves the sphere's subspace
+    (codimension > 1), or on a learned score with lam |s|^2 large. A pair stops as converged
+    when its true gradient norm falls below ``gtol`` times its value on the first path, and
+    as stalled when mu exceeds ``max_damping`` times its unit.
+
+    Float32 scores (a network; ``float32_gtol`` set): a relative gradient of 1e-8 is below
+    float32's rounding, so a score that computes in float32 (``score_is_float32``) gets
+    ``float32_gtol`` instead, and a pair has also converged when its energy is stable: a
+    step, damped by at most mu's unit, changed the energy by less than ``etol`` relative and
+    the model predicted no more. Energy changes below 16 float32 rounding units then count as
+    no change (in the acceptance test too). A metric without
+    residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
+
+    Coarse-to-fine (``levels``): the geodesic is first solved on paths of ``levels[0]``,
+    ``levels[1]``, ... nodes (to ``coarse_gtol``, with the quadrature rule
+    ``coarse_quadrature`` on every segment), each start resampled from the previous
+    level's curve (the metric's interpolation); the finest path then starts from the last
+    coarse curve. Most iterations run on a few cheap points; the path returned has
+    ``nodes`` nodes and is a stationary point of the energy at ``nodes`` nodes.
 
     Args:
         nodes: nodes per path, endpoints included (>= 3).
-        max_evals: budget of batched score evaluations (forward passes, > 0).
+        max_evals: budget of batched score evaluations (forward passes, > 0). With
+            ``levels``, the coarse levels spend at most a quarter of it counted in points (an
+            evaluation of all P paths at ``nodes`` nodes is one), and the final level the rest.
         gtol: relative gradient-norm tolerance (> 0).
         warm_start: fixed-point iterations first (0: none); each costs one evaluation.
         max_damping: largest damping, in units of 1e-2 of the mean stiffness, before a
             pair stops as stalled.
+        levels: node counts (increasing, each >= 3) of the coarse paths solved first; those
+            above ``nodes`` are skipped, and one equal to ``nodes`` solves the final path with
+            ``coarse_quadrature`` before its own rule; empty: none.
+        coarse_quadrature: the rule per segment at the coarse levels ("gauss2", ...);
+            None: the metric's own.
+        coarse_gtol: relative gradient tolerance of the coarse levels (> 0).
+        damping: "lm" or "nielsen" (see above).
+        etol: relative energy change of the energy criterion (>= 0; 0: none).
+        float32_gtol: the relative gradient tolerance for scores that compute in float32,
+            with the energy criterion; None: ``gtol`` and ``etol`` for every score.
     """
 
+    DAMPING = ("lm", "nielsen")
+
     def __init__(self, nodes: int = 16, max_evals: int = 200, gtol: float = 1e-8, warm_start: int = 0,
-                 max_damping: float = 1e12):
+                 max_damping: float = 1e12, levels=(), coarse_quadrature: str | None = None,
+                 coarse_gtol: float = 1e-3, damping: str = "lm", etol: float = 0.0,
+                 float32_gtol: float | None = None):
         self.nodes = _check_nodes(nodes)
         _check_positive("solver.max_evals", max_evals)
         _check_positive("solver.gtol", gtol)
@@ -454,6 +548,26 @@ class GaussNewtonSolver:
         self.max_evals, self.gtol = int(max_evals), float(gtol)
         _check_positive("solver.max_damping", max_damping)
         self.warm_start, self.max_damping = int(warm_start), float(max_damping)
+        levels = [int(n) for n in (levels or ())]
+        if any(n < 3 for n in levels) or levels != sorted(set(levels)):
+            raise ScoregeoError(f"solver.levels must be increasing node counts >= 3, got {levels}")
+        self.levels = [n for n in levels if n <= self.nodes]  # those above nodes: skipped
+        if coarse_quadrature is not None:
+            from scoregeo_cli.geometry.metrics import quadrature_rule
+
+            quadrature_rule(str(coarse_quadrature))  # validates
+        self.coarse_quadrature = None if coarse_quadrature is None else str(coarse_quadrature)
+        _check_positive("solver.coarse_gtol", coarse_gtol)
+        self.coarse_gtol = float(coarse_gtol)
+        if damping not in self.DAMPING:
+            raise ScoregeoError(f"solver.damping must be one of {self.DAMPING}, got '{damping}'")
+        self.damping = damping
+        if not etol >= 0:
+            raise ScoregeoError(f"solver.etol must be >= 0, got {etol}")
+        self.etol = float(etol)
+        if float32_gtol is not None:
+            _check_positive("solver.float32_gtol", float32_gtol)
+        self.float32_gtol = None if float32_gtol is None else float(float32_gtol)
 
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
@@ -463,63 +577,150 @@ class GaussNewtonSolver:
         with SolveProgress("Gauss-Newton solve", metric, self.max_evals) as progress:
             return self._solve(metric, a, b, init, progress)
 
+    def _coarse_metric(self, metric: Metric) -> Metric:
+        if self.coarse_quadrature is None or getattr(metric, "quadrature", None) in (None, self.coarse_quadrature):
+            return metric
+        import copy
+
+        coarse = copy.copy(metric)
+        coarse.quadrature = self.coarse_quadrature
+        return coarse
+
+    def tolerances(self, metric: Metric, a: torch.Tensor) -> tuple[float, float]:
+        """(gtol, etol) of a solve: ``gtol`` and no energy criterion for a score that computes
+        in float64; ``float32_gtol`` and ``etol`` for one that computes in float32 (a network;
+        ``float32_gtol`` None: ``gtol`` and ``etol`` whatever the precision)."""
+        if self.float32_gtol is None:
+            return self.gtol, self.etol
+        if score_is_float32(metric.score, a):
+            return self.float32_gtol, self.etol
+        return self.gtol, 0.0
+
     def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
                progress: SolveProgress) -> GeodesicResult:
         start, evals0, points0 = time.perf_counter(), metric.score.calls, metric.score.points
         path = straight_path(a, b, self.nodes) if init is None else init.clone()
         path0 = path
         trace: list[list[float]] = []
-        vjps = vjp_points = 0
-        it = 0
+        vjps = vjp_points = it = 0
+        gtol, etol = self.tolerances(metric, a)
+        gnorm0 = None
         if self.warm_start:
             warm = FixedPointSolver(self.nodes, max_evals=min(self.warm_start, self.max_evals - 1) or 1,
                                     tol=1e-6)(metric, a, b, path)
             path, trace, it = warm.path, warm.energy_trace[:-1], warm.iterations
+            gnorm0 = warm.grad_norm0.clone()  # at the first path
+        elif self.levels:
+            interpolation = getattr(metric, "interpolation", "cubic")
+            coarse_metric = self._coarse_metric(metric)
+            coarse = None
+            # the coarse levels spend at most a quarter of the budget, counted in points scored
+            # (an evaluation of all paths at the final discretisation is one evaluation)
+            full = path0.shape[0] * metric.curve(self.nodes).weights.shape[0]
+            coarse_points = points0 + self.max_evals * full / 4
+            for n in self.levels:
+                first = (straight_path(a, b, n) if coarse is None and init is None
+                         else resample(path0 if coarse is None else coarse, n, interpolation))
+                state = self._iterate(coarse_metric, first, self.coarse_gtol, None,
+                                      lambda: metric.score.points >= coarse_points, progress, 10 * etol)
+                coarse, it = state.path, it + state.iterations
+                vjps, vjp_points = vjps + state.vjp_evals, vjp_points + state.vjp_points
+            path = resample(coarse, self.nodes, interpolation)
+            # the tolerance stays relative to the first path: its gradient, counted as a solve's work
+            points = metric.score.points
+            gnorm0 = metric.energy_gradient(path0)[1].flatten(1).norm(dim=-1)
+            vjps, vjp_points = vjps + 1, vjp_points + metric.score.points - points
+        left = self.max_evals
+        if self.levels and not self.warm_start:
+            calls0 = metric.score.calls
+            left = max(1, self.max_evals - math.ceil((metric.score.points - points0) / full))
+        else:
+            calls0 = evals0
+        state = self._iterate(metric, path, gtol, gnorm0, lambda: metric.score.calls - calls0 >= left,
+                              progress, etol)
+        result = GeodesicResult(state.path, state.energy, metric.score.calls - evals0, 0.0, state.converged,
+                                it + state.iterations, trace + state.trace, grad_norm0=state.grad_norm0,
+                                vjp_evals=vjps + state.vjp_evals, vjp_points=vjp_points + state.vjp_points)
+        result = _finish(metric, result, path0, gtol, points0)
+        result.converged = result.converged | state.converged  # the energy criterion (etol) too
+        result.seconds = time.perf_counter() - start
+        return result
+
+    @staticmethod
+    def _linearize(pieces: list, active: torch.Tensor, p: int, state: _Solve):
+        """r, u, g (``Evaluation.linearize``) of the active pairs, from the evaluations that
+        hold their current paths: ``pieces`` is a list of (pair indices, evaluation, rows
+        wanted), one vector-Jacobian product per evaluation still needed."""
+        wanted = torch.zeros(p, dtype=torch.bool, device=active.device)
+        wanted[active] = True
+        out = None
+        for idx, ev, rows in pieces:
+            take = rows & wanted[idx]
+            if not bool(take.any()):
+                continue
+            r, u, g = ev.linearize()
+            state.vjp_evals, state.vjp_points = state.vjp_evals + 1, state.vjp_points + u.shape[0] * u.shape[1]
+            if out is None:
+                out = [torch.zeros((p, *x.shape[1:]), dtype=x.dtype, device=x.device) for x in (r, u, g)]
+            for full, part in zip(out, (r, u, g)):
+                full[idx[take]] = part[take].detach()
+        return tuple(x[active] for x in out)
+
+    def _iterate(self, metric: Metric, path: torch.Tensor, gtol: float, gnorm0: torch.Tensor | None,
+                 exhausted, progress: SolveProgress, etol: float = 0.0) -> _Solve:
+        """Levenberg-Marquardt from ``path`` until every pair has converged (gradient norm
+        <= gtol * gnorm0; None: its value at ``path``) or stalled, or the score's call
+        budget is spent (``exhausted()``)."""
+        path = path.clone()
         p = path.shape[0]
-        gnorm0 = warm.grad_norm0.clone() if self.warm_start else None  # at the first path
+        dev, dtype = path.device, path.dtype
         ev = metric.evaluate(path)
-        energy = ev.energy.detach()
-        trace.append(energy.tolist())
-        gnorm = None
-        done = torch.zeros(p, dtype=torch.bool, device=path.device)
-        converged = torch.zeros_like(done)
-        idx_all = torch.arange(p, device=path.device)
+        energy = ev.energy.detach().clone()
+        state = _Solve(path, energy, torch.zeros(p, dtype=torch.bool, device=dev), gnorm0, trace=[energy.tolist()])
+        idx_all = torch.arange(p, device=dev)
+        pieces = [(idx_all, ev, torch.ones(p, dtype=torch.bool, device=dev))]
+        done = torch.zeros(p, dtype=torch.bool, device=dev)
+        gnorm = torch.zeros(p, dtype=dtype, device=dev)
         model = metric.curve(path.shape[1])
-        diag = torch.as_tensor(model.stiffness.diagonal()[1:-1].mean(), dtype=path.dtype, device=path.device)
-        mu_unit = torch.full((p,), 1e-2, dtype=path.dtype, device=path.device) * diag
-        mu = torch.zeros(p, dtype=path.dtype, device=path.device)  # Levenberg-Marquardt damping
+        diag = torch.as_tensor(model.stiffness.diagonal()[1:-1].mean(), dtype=dtype, device=dev)
+        mu_unit = torch.full((p,), 1e-2, dtype=dtype, device=dev) * diag
+        mu = torch.zeros(p, dtype=dtype, device=dev)  # Levenberg-Marquardt damping
+        nu = torch.full((p,), 2.0, dtype=dtype, device=dev)  # Nielsen's growth factor
+        nielsen = self.damping == "nielsen"
+        # energy changes below 16 rounding units are noise: of the path's dtype, or of float32,
+        # the precision networks run in, when etol asks for a float32-reachable criterion
+        self._floor = 16 * torch.finfo(torch.float32 if etol > 0 else dtype).eps
         while True:
             active = idx_all[~done]
             if active.numel() == 0:
                 break
-            r, u, g = ev.linearize()
-            vjps, vjp_points = vjps + 1, vjp_points + u.shape[0] * u.shape[1]
-            step, grad = gauss_newton_step(ev.model, metric.lam, path[active], r, u, g, mu[active])
+            r, u, g = self._linearize(pieces, active, p, state)
+            pieces = []
+            step, grad = gauss_newton_step(model, metric.lam, path[active], r, u, g, mu[active])
             norm = grad.flatten(1).norm(dim=-1)
-            if gnorm is None:
-                gnorm = norm.clone()
-                gnorm0 = norm.clone() if gnorm0 is None else gnorm0
+            if state.grad_norm0 is None:
+                state.grad_norm0 = norm.clone()
             gnorm[active] = norm
-            conv = norm <= self.gtol * gnorm0[active]
-            converged[active] |= conv
+            conv = norm <= gtol * state.grad_norm0[active]
+            state.converged[active] |= conv
             done[active] |= conv
-            if metric.score.calls - evals0 >= self.max_evals:
+            if exhausted():
                 break
             keep = ~conv
             active, step, grad = active[keep], step[keep], grad[keep]
             if active.numel() == 0:
                 break
-            it += 1
+            state.iterations += 1
             r, u, g = r[keep], u[keep], g[keep]
             e0 = energy[active]
             pending = torch.ones_like(e0, dtype=torch.bool)
             first = True
-            ev_next = None
-            while bool(pending.any()) and metric.score.calls - evals0 < self.max_evals:
+            while bool(pending.any()) and not exhausted():
                 sel = pending.nonzero().squeeze(1)
                 if not first:  # re-solve the rejected pairs with their raised damping
-                    step[sel], _ = gauss_newton_step(ev.model, metric.lam, path[active[sel]], r[sel], u[sel],
+                    step[sel], _ = gauss_newton_step(model, metric.lam, path[active[sel]], r[sel], u[sel],
                                                      g[sel], mu[active[sel]])
+                first = False
                 mu_sel = mu[active[sel]]
                 pred = (-0.5 * (step[sel] * grad[sel]).flatten(1).sum(-1)
                         + 0.5 * mu_sel * (step[sel] ** 2).flatten(1).sum(-1))
@@ -527,41 +728,41 @@ class GaussNewtonSolver:
                 trial[:, 1:-1] += step[sel]
                 ev_trial = metric.evaluate(trial)
                 e_trial = ev_trial.energy.detach()
-                check_finite(e_trial, "the curve energy", f"solver iteration {it}")
+                check_finite(e_trial, "the curve energy", f"solver iteration {state.iterations}")
                 gain = e0[sel] - e_trial
-                floor = 16 * torch.finfo(e_trial.dtype).eps * e0[sel].abs()  # rounding: not measurable below
+                floor = self._floor * e0[sel].abs()  # rounding: not measurable below
                 rho = gain / pred.clamp_min(1e-300)
                 ok = (rho > 1e-4) | ((pred <= floor) & (gain >= -floor))
                 acc = sel[ok]
                 path[active[acc]] = trial[ok]
                 energy[active[acc]] = e_trial[ok]
-                if first and bool(ok.all()) and sel.numel() == active.numel():
-                    ev_next = ev_trial
-                first = False
+                if bool(ok.any()):
+                    pieces.append((active[sel], ev_trial, ok))
                 pending[acc] = False
-                # Levenberg-Marquardt: trust the model more after good steps, less after poor ones
                 scale = mu_unit[active[sel]]
-                new_mu = torch.where(rho > 0.75, mu_sel / 10, torch.where(rho < 0.25, (2 * mu_sel).clamp_min(scale),
-                                                                         mu_sel))
-                new_mu = torch.where(ok, torch.where(new_mu < 0.1 * scale, torch.zeros_like(new_mu), new_mu),
-                                     (4 * mu_sel).clamp_min(scale))
+                if etol > 0:  # energy stable: a lightly damped step that changed it by < etol, as predicted
+                    limit_e = etol * e0[sel].abs()
+                    stable = ok & (gain.abs() <= limit_e) & (pred <= limit_e) & (mu_sel <= scale)
+                    state.converged[active[sel[stable]]] = True
+                    done[active[sel[stable]]] = True
+                if nielsen:
+                    nu_sel = nu[active[sel]]
+                    shrink = (1 - (2 * rho - 1) ** 3).clamp(min=1 / 3, max=1.0)
+                    new_mu = torch.where(ok, mu_sel * shrink, torch.maximum(mu_sel, scale) * nu_sel)
+                    nu[active[sel]] = torch.where(ok, torch.full_like(nu_sel, 2.0), 2 * nu_sel)
+                else:  # trust the model more after good steps, less after poor ones
+                    new_mu = torch.where(rho > 0.75, mu_sel / 10,
+                                         torch.where(rho < 0.25, (2 * mu_sel).clamp_min(scale), mu_sel))
+                    new_mu = torch.where(ok, torch.where(new_mu < 0.1 * scale, torch.zeros_like(new_mu), new_mu),
+                                         (4 * mu_sel).clamp_min(scale))
                 mu[active[sel]] = new_mu
                 stalled = ~ok & (new_mu > self.max_damping * scale)
                 done[active[sel[stalled]]] = True
                 pending[sel[stalled]] = False
             done[active[pending]] = True  # budget spent in the line search
-            trace.append(energy.tolist())
-            progress.update(energy, gnorm / gnorm0)
-            active = idx_all[~done]
-            if active.numel() == 0 or metric.score.calls - evals0 >= self.max_evals:
+            state.trace.append(energy.tolist())
+            progress.update(energy, gnorm / state.grad_norm0)
+            if bool(done.all()) or exhausted():
                 break
-            if ev_next is not None and ev_next.path.shape[0] == active.numel() \
-                    and torch.equal(ev_next.path, path[active]):
-                ev = ev_next
-            else:
-                ev = metric.evaluate(path[active])
-        result = GeodesicResult(path, energy, metric.score.calls - evals0, 0.0, converged, it, trace,
-                                grad_norm0=gnorm0, vjp_evals=vjps, vjp_points=vjp_points)
-        result = _finish(metric, result, path0, self.gtol, points0)
-        result.seconds = time.perf_counter() - start
-        return result
+        state.path, state.energy = path, energy
+        return state

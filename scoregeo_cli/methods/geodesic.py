@@ -61,10 +61,20 @@ class Geodesic(Method):
                              device=ends.a.device)
             return MethodPath(nan, None, score_evals=metric.score.calls - evals0, error=str(err))
         path = geo.path
+        # single-point passes per pair: forward, backward (vector-Jacobian products through the
+        # score), and both with a backward counted as one pass (deterministic, so that a run's
+        # summary repeats; `scoregeo bench` weighs backward passes by their measured cost)
+        forward, backward = geo.network_passes / n_pairs, geo.backward_passes / n_pairs
+        passes = forward + backward
         self.report = (f"{geo.score_evals} batched score evaluations, {geo.iterations} iterations, "
-                       f"{int(geo.converged.sum())}/{n_pairs} converged, {geo.seconds:.2f} s")
+                       f"{int(geo.converged.sum())}/{n_pairs} converged, {passes:.0f} network passes per pair, "
+                       f"{geo.seconds:.2f} s")
         energy = None if metric is not plan.metric else geo.energy  # rows report the run's metric
         out = MethodPath(path, None, score_evals=geo.score_evals, seconds=geo.seconds / n_pairs, energy=energy)
+        out.extra = {"converged": geo.converged.double().cpu(), "grad_rel": geo.grad_rel.double().cpu(),
+                     **{key: torch.full((n_pairs,), value, dtype=torch.float64) for key, value in (
+                         ("forward_passes_per_pair", forward), ("backward_passes_per_pair", backward),
+                         ("network_passes_per_pair", passes))}}
         if plan.extrapolate and not getattr(metric, "has_geodesic_equation", True):
             self.report += f"; no extrapolation: {type(metric).__name__} has no geodesic equation here"
         elif plan.extrapolate:

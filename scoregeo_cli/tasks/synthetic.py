@@ -18,6 +18,7 @@ from scoregeo_cli.build import build_metric, build_score, check_memory, instanti
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.geometry import geometry_rows
 from scoregeo_cli.methods import Plan, build_methods, check_methods
+from scoregeo_cli.reporting.results import row
 from scoregeo_cli.spaces import IdentitySpace
 from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
@@ -96,6 +97,8 @@ class SyntheticTask:
         ends = IdentitySpace().endpoints(a, b)
         results = run_methods_shown(methods, ends, plan, generator)
         rows = geometry_rows(manifold, metric, results, a, b, shooter.duration, int(cfg.eval.geodesic_points))
+        rows += [row(p, name, key, float(values[p])) for name, result in results.items()  # converged, grad_rel, ...
+                 for key, values in result.extra.items() for p in range(len(a))]
         if cfg.eval.figure:
             from scoregeo_cli.reporting.figures import plot_synthetic_paths
 

@@ -1,0 +1,124 @@
+"""Cost accounting of the solvers in network passes, the coarse-to-fine Gauss-Newton solve,
+and the default solver on a small learned score against a fine reference."""
+
+import pytest
+import torch
+
+from scoregeo_cli.data.synthetic import Sphere
+from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.geometry.solvers import (GaussNewtonSolver, gradient_norm, network_passes, resample,
+                                           straight_path)
+from scoregeo_cli.scores.base import ScoreField
+
+
+class ConstantField(ScoreField):
+    """s(x) = c everywhere: the metric is constant, its energy quadratic in the nodes, and
+    Gauss-Newton solves it in one step (J = 0: the linearised residuals are exact)."""
+
+    def __init__(self, c: torch.Tensor):
+        super().__init__(c.shape[0])
+        self.c = c
+
+    def _score(self, x):
+        return self.c + 0 * x
+
+
+class MLPField(ScoreField):
+    """A small float32 network trained to a score; evaluated on float64 points like the UNet."""
+
+    def __init__(self, net: torch.nn.Module, dim: int):
+        super().__init__(dim)
+        self.net = net
+
+    def _score(self, x):
+        return self.net(x.float()).to(x.dtype)
+
+
+def test_gauss_newton_counts_its_passes_on_a_problem_solved_in_one_step():
+    g = torch.Generator().manual_seed(0)
+    d, p, nodes = 5, 3, 9
+    c = torch.randn(d, generator=g, dtype=torch.float64)
+    metric = SteinMetric(ConstantField(c), 10.0, interpolation="cubic", quadrature="gauss4")
+    a, b = torch.randn(p, d, generator=g, dtype=torch.float64), torch.randn(p, d, generator=g, dtype=torch.float64)
+    init = straight_path(a, b, nodes)
+    init[:, 1:-1] += 0.1 * torch.randn(p, nodes - 2, d, generator=g, dtype=torch.float64)
+    result = GaussNewtonSolver(nodes, max_evals=20, gtol=1e-8)(metric, a, b, init)
+    k = 4 * (nodes - 1)  # quadrature points of one path
+    # evaluate the start, linearise it, one trial (accepted: rho = 1), linearise it (the
+    # trial's own evaluation: no second forward pass), converged
+    assert result.score_evals == 2 and result.vjp_evals == 2 and result.iterations == 1
+    assert result.score_points == 2 * k * p and result.vjp_points == 2 * k * p
+    assert bool(result.converged.all())
+    assert network_passes(result, 1.5) == pytest.approx(2 * k + 1.5 * 2 * k)
+    # the straight line in a constant metric
+    assert torch.allclose(result.path, straight_path(a, b, nodes), atol=1e-9)
+
+
+def test_coarse_levels_are_counted_and_the_result_has_the_requested_nodes():
+    g = torch.Generator().manual_seed(1)
+    d, p, nodes = 5, 2, 9
+    metric = SteinMetric(ConstantField(torch.randn(d, generator=g, dtype=torch.float64)), 10.0,
+                         interpolation="cubic", quadrature="gauss4")
+    a, b = torch.randn(p, d, generator=g, dtype=torch.float64), torch.randn(p, d, generator=g, dtype=torch.float64)
+    metric.score.reset_counters()
+    result = GaussNewtonSolver(nodes, max_evals=20, gtol=1e-6, levels=[4], coarse_quadrature="gauss2")(
+        metric, a, b)
+    assert result.path.shape == (p, nodes, d)
+    assert result.score_points == metric.score.points  # every pass of every level counted
+    assert result.score_evals == metric.score.calls
+    assert result.vjp_points >= p * 4 * (nodes - 1)  # at least one linearisation at the finest level
+    assert torch.allclose(result.path, straight_path(a, b, nodes), atol=1e-8)
+
+
+def test_resample_keeps_a_cubic_and_the_ends():
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+    curve = torch.stack([t, t**3 - t, 2 * t**2], dim=-1)[None]  # (1, 5, 3): a cubic in t
+    fine = resample(curve, 17)
+    tf = torch.linspace(0, 1, 17, dtype=torch.float64)
+    assert torch.allclose(fine[0], torch.stack([tf, tf**3 - tf, 2 * tf**2], dim=-1), atol=1e-12)
+    assert torch.equal(fine[:, 0], curve[:, 0]) and torch.equal(fine[:, -1], curve[:, -1])
+
+
+def learned_sphere_score(sigma=0.3, steps=300, seed=0):
+    """An MLP (float32) regressed on the exact score of a smoothed circle in R^3 for a few
+    hundred Adam steps: a small learned score, smooth but not exact."""
+    torch.manual_seed(seed)
+    sphere = Sphere(1, 3, 1.0, seed=seed)
+    exact = sphere.exact_score(sigma)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 64), torch.nn.SiLU(), torch.nn.Linear(64, 64), torch.nn.SiLU(),
+                              torch.nn.Linear(64, 3))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = sphere.sample(256, g) + 0.4 * torch.randn(256, 3, generator=g, dtype=torch.float64)
+        target = exact(x).float()
+        loss = ((net(x.float()) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.requires_grad_(False)
+    return sphere, MLPField(net, 3)
+
+
+def test_default_solver_matches_a_fine_reference_on_a_learned_score():
+    """In float32 the plain solver to a relative gradient of 1e-8 spends its budget; the
+    default converges, and its path has the g-length and the nodes of a fine reference."""
+    from test_solver_truth import defaults
+
+    sphere, field = learned_sphere_score()
+    a, b = sphere.pairs(3, torch.Generator().manual_seed(2))
+    solver, metric_factory, _ = defaults(["metric.lam=10"])
+    metric = metric_factory(score=field)
+    result = solver(metric, a, b)
+    assert bool(result.converged.all())
+    reference = GaussNewtonSolver(2 * solver.nodes - 1, max_evals=300, gtol=1e-7, etol=1e-8)(metric, a, b)
+    ref_length = metric.length(reference.path)
+    assert torch.allclose(metric.length(result.path), ref_length, rtol=1e-2)
+    dense = resample(reference.path, 257)
+    from scoregeo_cli.data.synthetic import polyline_distance
+
+    for p in range(3):
+        assert float(polyline_distance(result.path[p], dense[p]).max()) <= 0.01 * float((b[p] - a[p]).norm())
+    # the path bends along the learned circle rather than cutting the chord
+    assert float(gradient_norm(metric, result.path).max()) < float(gradient_norm(metric, straight_path(
+        a, b, solver.nodes)).min())
