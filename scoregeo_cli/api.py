@@ -591,9 +591,9 @@ def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric
             ("gauss4", "midpoint", "trapezoid", "simpson", "gauss<k>"), ``evaluate_at``,
             ``length_points`` (stein), ``alpha`` (pullback), ``beta`` (conformal); of the
             solver: ``max_evals`` (budget of batched score evaluations), ``gtol`` (relative
-            gradient tolerance of ``converged``), ``float32_gtol`` and ``etol`` (gauss_newton,
-            for a score that computes in float32: its relative gradient tolerance, and converged
-            also when the energy is stable to ``etol``), ``warm_start``, ``max_damping``,
+            gradient tolerance of ``converged``), ``float32_gtol`` (gauss_newton: the same for
+            a score that computes in float32), ``etol`` (gauss_newton: converged also when the
+            energy is stable to this relative change), ``warm_start``, ``max_damping``,
             ``damping``, ``levels`` (node counts of coarse paths solved first; [] for none),
             ``coarse_quadrature``, ``coarse_gtol`` (gauss_newton), ``tol``, ``min_step``
             (fixed_point), ``lr``, ``tol``, ``freeze_score`` (lbfgs, adam). Defaults are those

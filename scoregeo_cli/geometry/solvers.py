@@ -498,12 +498,12 @@ class GaussNewtonSolver:
     when its true gradient norm falls below ``gtol`` times its value on the first path, and
     as stalled when mu exceeds ``max_damping`` times its unit.
 
-    Float32 scores (a network; ``float32_gtol`` set): a relative gradient of 1e-8 is below
-    float32's rounding, so a score that computes in float32 (``score_is_float32``) gets
-    ``float32_gtol`` instead, and a pair has also converged when its energy is stable: a
-    step, damped by at most mu's unit, changed the energy by less than ``etol`` relative and
-    the model predicted no more. Energy changes below 16 float32 rounding units then count as
-    no change (in the acceptance test too). A metric without
+    Float32 scores (``float32_gtol`` set): a relative gradient of 1e-8 is below float32's
+    rounding, so a score that computes in float32 (``score_is_float32``) gets
+    ``float32_gtol`` instead. With ``etol`` > 0 a pair has also converged when its energy is
+    stable: a step, damped by at most mu's unit, changed the energy by less than ``etol``
+    relative and the model predicted no more; energy changes below 16 float32 rounding units
+    then count as no change (in the acceptance test too). A metric without
     residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
 
     Coarse-to-fine (``levels``): the geodesic is first solved on paths of ``levels[0]``,
@@ -530,8 +530,8 @@ class GaussNewtonSolver:
         coarse_gtol: relative gradient tolerance of the coarse levels (> 0).
         damping: "lm" or "nielsen" (see above).
         etol: relative energy change of the energy criterion (>= 0; 0: none).
-        float32_gtol: the relative gradient tolerance for scores that compute in float32,
-            with the energy criterion; None: ``gtol`` and ``etol`` for every score.
+        float32_gtol: the relative gradient tolerance for scores that compute in float32;
+            None: ``gtol`` for every score.
     """
 
     DAMPING = ("lm", "nielsen")
@@ -587,14 +587,13 @@ class GaussNewtonSolver:
         return coarse
 
     def tolerances(self, metric: Metric, a: torch.Tensor) -> tuple[float, float]:
-        """(gtol, etol) of a solve: ``gtol`` and no energy criterion for a score that computes
-        in float64; ``float32_gtol`` and ``etol`` for one that computes in float32 (a network;
-        ``float32_gtol`` None: ``gtol`` and ``etol`` whatever the precision)."""
+        """(gtol, etol) of a solve: ``float32_gtol`` for a score that computes in float32 (a
+        network), else (or with ``float32_gtol`` None) ``gtol``; ``etol`` for both."""
         if self.float32_gtol is None:
             return self.gtol, self.etol
         if score_is_float32(metric.score, a):
             return self.float32_gtol, self.etol
-        return self.gtol, 0.0
+        return self.gtol, self.etol
 
     def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
                progress: SolveProgress) -> GeodesicResult:
