@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from scoregeo_cli.reporting.results import new_file_mode
+
 
 def digest(*parts) -> str:
     """SHA-256 hex digest of strings, numbers, tensors (dtype, shape, bytes) and modules (their
@@ -106,6 +108,7 @@ class Cache:
         os.close(fd)
         try:
             save_file({"value": value.detach().cpu().contiguous()}, tmp)
+            os.chmod(tmp, new_file_mode())  # not mkstemp's 0600: a shared cache stays readable to others
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -169,3 +169,14 @@ def test_file_digest_is_the_sha256_of_the_bytes_and_follows_a_rewrite(tmp_path):
     weights.write_bytes(b"b" * 3000)  # same size: the modification time tells
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
     assert file_digest(weights) == hashlib.sha256(b"b" * 3000).hexdigest()
+
+
+def test_cache_entries_honour_the_umask(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    Cache(tmp_path).store("k", "a" * 64, torch.zeros(3))
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~mask != 0o600
