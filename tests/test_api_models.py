@@ -157,7 +157,8 @@ def test_rotated_digits_geodesic_is_the_path_of_scoregeo_run(tmp_path, monkeypat
 
     monkeypatch.setattr(DiffusionSpace, "endpoints", record_ends)
     monkeypatch.setattr(GeodesicMethod, "__call__", record_path)
-    cmd = ["run", "experiment=rotated_mnist", f"output_root={tmp_path}", "n_pairs=1", "method=[geodesic]",
+    cmd = ["run", "experiment=rotated_mnist", f"score.checkpoint={CHECKPOINT}", f"output_root={tmp_path}",
+           "n_pairs=1", "method=[geodesic]",
            "solver.nodes=5", "solver.max_evals=4", "extrapolate.method=rk4", "extrapolate.steps=2",
            "extrapolate.substeps=1", "space.ddim_steps=1", "eval.fid=false", "eval.strips=0",
            f"hydra.run.dir={tmp_path / 'run'}"]

@@ -177,3 +177,42 @@ def test_rotated_mnist_runs_on_real_mnist_without_a_network(tmp_path):
     assert {r["method"] for r in rows} >= {"geodesic", "lerp"}
     pairs = json.loads((run / "pairs.json").read_text())
     assert len(pairs) == 2 and all(r["split"] == "test" and 0 <= r["source_index"] < 5000 for r in pairs)
+
+
+# ----------------------------------------------------------------------------- packaged models
+
+@pytest.mark.parametrize("name", ["unet_mnist", "unet_orbit"])
+def test_packaged_real_mnist_models_carry_their_training_record(name):
+    """Each packaged model says how it was made and how good it is: the command, steps, wall
+    time, device, held-out eps-MSE per t, and sample FID/KID beside the real-vs-real floor."""
+    import json
+
+    from scoregeo_cli.scores.unet import PACKAGED_NAMES, load_checkpoint
+
+    path = PACKAGED_NAMES[name]
+    record = json.loads(path.with_suffix(".json").read_text())["training"]
+    assert record["command"].startswith(f"scoregeo train experiment={name}")
+    assert record["source"] == "mnist5k" and record["train_split"] == ("train" if name == "unet_mnist" else "orbit_set")
+    assert record["steps"] > 0 and record["train_seconds"] > 0 and record["device"].startswith("cpu")
+    assert set(record["eps_mse_per_t"]) >= {"50", "100", "200", "400"}
+    assert record["fid_samples"] >= (500 if name == "unet_mnist" else 200)
+    assert record["sample_fid"] > 0 and record["real_vs_real_fid"] > 0 and "sample_kid" in record
+    assert path.stat().st_size < 5_000_000  # a few MB
+    _, abar, _ = load_checkpoint(name)
+    assert abar.shape == (1000,)
+
+
+def test_unet_orbit_predicts_the_noise_of_its_orbits():
+    """The learned counterpart of score=orbit: on noised orbit-set rotations at t = 400 its
+    score is anti-aligned with the added noise, as a trained eps-model's must be."""
+    from scoregeo_cli.scores.unet import load_unet_score
+    from scoregeo_cli.spaces.ddim import noise_to
+
+    score = load_unet_score("unet_orbit", t=400)
+    data = RotatedDigits(pair_split="orbit_set")
+    x0 = (data.rotated_batch("orbit_set", 64, torch.Generator().manual_seed(3)) * 2 - 1).flatten(1).double()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        s = score(noise_to(x0, eps, 400, score.alphas_cumprod))
+    cosine = (s * eps).sum(-1) / (s.norm(dim=-1) * eps.norm(dim=-1))
+    assert float(cosine.mean()) < -0.95
