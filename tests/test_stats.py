@@ -54,3 +54,23 @@ def test_bad_arguments():
         paired_bootstrap([1, 2], level=1.5)
     with pytest.raises(ValueError, match="resamples"):
         paired_bootstrap([1, 2], resamples=0)
+
+
+def test_summary_holds_paired_differences_to_lerp():
+    """summarize: every method other than LERP gets <metric>_minus_lerp over the pairs both
+    have (set metrics with pair -1 are not paired); LERP gets none; the printed table shows
+    the interval."""
+    from scoregeo_cli.reporting.results import format_summary, row, summarize
+
+    rows = [row(p, "lerp", "psnr", 20.0 + p) for p in range(4)]
+    rows += [row(p, "geodesic", "psnr", 21.0 + p + 0.1 * (-1) ** p) for p in range(4)]
+    rows += [row(p, "geodesic", "angle_error", 5.0) for p in range(3)] + [row(p, "lerp", "angle_error", 9.0) for p in range(4)]
+    rows += [row(-1, "geodesic", "fid", 10.0), row(-1, "lerp", "fid", 12.0), row(0, "slerp", "ssim", 0.5)]
+    summary = summarize(rows)
+    d = summary["geodesic"]["psnr_minus_lerp"]
+    assert d["mean"] == pytest.approx(1.0) and d["n"] == 4 and d["ci_low"] == pytest.approx(0.9) and d["ci_high"] == pytest.approx(1.1)
+    assert summary["geodesic"]["angle_error_minus_lerp"] == {"mean": -4.0, "ci_low": -4.0, "ci_high": -4.0, "n": 3, "dropped": 0}
+    assert "fid_minus_lerp" not in summary["geodesic"] and "ssim_minus_lerp" not in summary["slerp"]
+    assert not any(k.endswith("_minus_lerp") for k in summary["lerp"])
+    table = format_summary(summary, ["psnr", "psnr_minus_lerp"])
+    assert "geodesic  22.5 ± 1.2  +1 [+0.9, +1.1]" in table

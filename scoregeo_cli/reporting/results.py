@@ -175,7 +175,34 @@ def summarize(rows: Iterable[dict]) -> dict:
             if n < len(values):
                 entry["n_nonfinite"] = len(values) - n
             summary[method][metric] = entry
+    _add_paired(summary, rows)
     return summary
+
+
+BASELINE = "lerp"
+# per-pair metrics compared with the baseline on the same pairs and noise (science.md s. 8)
+PAIRED_METRICS = ("psnr", "ssim", "lpips", "angle_error", "orbit_excess_max", "orbit_excess_mean")
+
+
+def _add_paired(summary: dict, rows: Iterable[dict], baseline: str = BASELINE) -> None:
+    """For every method other than ``baseline``: ``<metric>_minus_<baseline>``, the mean of the
+    per-pair differences with a 95% percentile bootstrap interval and n (``stats.paired_bootstrap``),
+    for each metric of PAIRED_METRICS that both have on the same pairs."""
+    from scoregeo_cli.reporting.stats import paired_bootstrap
+
+    values: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["metric"] in PAIRED_METRICS and int(r["pair"]) >= 0:
+            values[r["method"], r["metric"]][int(r["pair"])] = float(r["value"])
+    for method in summary:
+        if method == baseline:
+            continue
+        for metric in PAIRED_METRICS:
+            mine, base = values.get((method, metric)), values.get((baseline, metric))
+            if not mine or not base:
+                continue
+            pairs = sorted(set(mine) & set(base))
+            summary[method][f"{metric}_minus_{baseline}"] = paired_bootstrap([mine[p] - base[p] for p in pairs])
 
 
 def write_results(run_dir: str | os.PathLike, rows: list[dict]) -> dict:
@@ -187,11 +214,20 @@ def write_results(run_dir: str | os.PathLike, rows: list[dict]) -> dict:
     return summary
 
 
+def _cell(entry: dict) -> str:
+    """'mean ± std', or for a paired difference 'mean [ci_low, ci_high]' (95% bootstrap)."""
+    if "ci_low" not in entry:
+        return f"{entry['mean']:.4g} ± {entry['std']:.2g}"
+    if not (math.isfinite(entry["ci_low"]) and math.isfinite(entry["ci_high"])):
+        return f"{entry['mean']:+.3g}"
+    return f"{entry['mean']:+.3g} [{entry['ci_low']:+.3g}, {entry['ci_high']:+.3g}]"
+
+
 def format_summary(summary: dict, metrics: list[str] | None = None, row_header: str = "method",
                    width: int | None = None) -> str:
     """A plain-text table: methods as rows (headed ``row_header``; names like
     ``sigma=0.05`` under a ``sigma`` header lose the ``sigma=``), metrics as columns,
-    mean ± std. With ``width``, columns that do not fit continue in further blocks below,
+    mean ± std (a paired difference: mean [95% interval]). With ``width``, columns that do not fit continue in further blocks below,
     each repeating the row names, so no line is longer than ``width``."""
     methods = list(summary)
     if metrics is None:
@@ -205,7 +241,7 @@ def format_summary(summary: dict, metrics: list[str] | None = None, row_header: 
         cells = []
         for method in methods:
             e = summary[method].get(metric)
-            cells.append("-" if e is None else f"{e['mean']:.4g} ± {e['std']:.2g}")
+            cells.append("-" if e is None else _cell(e))
         columns.append([metric, *cells])
     first = [row_header, *names]
     lead = max(map(len, first))
