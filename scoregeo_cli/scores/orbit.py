@@ -82,7 +82,8 @@ class OrbitScore(EpsScoreField):
 
 
 def orbit_score(dataset, t: int = 400, angle_step: float = 0.5, schedule: dict | None = None,
-                chunk_size: int | None = 128, reference_chunk: int = 2048) -> OrbitScore:
+                chunk_size: int | None = 128, reference_chunk: int = 2048,
+                alphas_cumprod: torch.Tensor | None = None) -> OrbitScore:
     """Build the oracle from the dataset's orbit set or selected pairs (rotated digits).
 
     Args:
@@ -92,13 +93,14 @@ def orbit_score(dataset, t: int = 400, angle_step: float = 0.5, schedule: dict |
             Neighbouring rotations must differ by much less than the noise at t.
         schedule: the diffusers scheduler configuration of the levels (the packaged UNet's).
         chunk_size: points per evaluation chunk; reference_chunk: references per chunk.
+        alphas_cumprod: the levels as a tensor (T,), instead of ``schedule``.
     """
     if not angle_step > 0:
         raise ScoregeoError(f"score.angle_step must be positive, got {angle_step}")
     if not hasattr(dataset, "orbit"):
         raise ScoregeoError("score=orbit needs rotated digits (dataset=rotated_mnist)")
-    abar = alphas_cumprod_from(schedule or {"num_train_timesteps": 1000, "beta_schedule": "linear",
-                                            "beta_start": 1e-4, "beta_end": 0.02})
+    abar = alphas_cumprod if alphas_cumprod is not None else alphas_cumprod_from(
+        schedule or {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02})
     lo, hi = dataset.train_angles
     angles = torch.arange(lo, hi + 1e-9, float(angle_step), dtype=torch.float64)
     digits = dataset.oracle_digits()

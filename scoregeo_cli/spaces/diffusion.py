@@ -42,24 +42,33 @@ class DiffusionSpace(Space):
                 raise ScoregeoError(f"{name} must be at least 1, got {value}")
         if batch_size is not None and int(batch_size) < 1:
             raise ScoregeoError(f"space.batch_size must be at least 1 or null, got {batch_size}")
-        self.score = score
+        self.score = self.denoiser = score
         self.t, self.alphas_cumprod, self.shape = score.t, score.alphas_cumprod, score.shape
         self.ddim_steps, self.inversion, self.inversion_steps = int(ddim_steps), bool(inversion), int(inversion_steps)
         self.batch_size = int(batch_size or score.chunk_size or 64)
         self.denoise_seconds = 0.0
         self._fingerprint: str | None = None
 
+    def set_denoiser(self, denoiser) -> None:
+        """Bring points back to data with ``denoiser``'s noise predictor instead of the score
+        model's (``spaces/denoisers.py``); its schedule must be the score's."""
+        from scoregeo_cli.spaces.denoisers import check_schedule
+
+        if denoiser is not self.score:
+            check_schedule(self.score, denoiser)
+        self.denoiser, self._fingerprint = denoiser, None
+
     def fingerprint(self) -> str | None:
-        """A digest of everything ``denoise`` depends on (network weights and conditioning,
-        schedule, t, steps, sample shape, dtype and device), or None when the noise predictor
-        carries no weights to digest (then denoised points are not cached)."""
+        """A digest of everything ``denoise`` depends on (the denoiser's network weights and
+        conditioning, schedule, t, steps, sample shape, dtype and device), or None when the noise
+        predictor carries no weights to digest (then denoised points are not cached)."""
         if self._fingerprint is None:
             from scoregeo_cli.cache import digest
 
-            model = getattr(self.score, "model", None)
+            model = getattr(self.denoiser, "model", None)
             nets = [getattr(model, "unet", model)]
-            if hasattr(self.score, "fingerprint"):  # an analytic noise predictor names its own inputs
-                nets = [self.score.fingerprint()]
+            if hasattr(self.denoiser, "fingerprint"):  # an analytic noise predictor names its own inputs
+                nets = [self.denoiser.fingerprint()]
             elif not isinstance(nets[0], torch.nn.Module):
                 return None
             extra = [getattr(model, k, None) for k in ("prompt_embeds", "prediction_type", "dtype", "device")]
@@ -73,8 +82,11 @@ class DiffusionSpace(Space):
         return float(self.alphas_cumprod[self.t])
 
     def describe(self) -> str:
+        from scoregeo_cli.spaces.denoisers import describe
+
         how = f"DDIM inversion ({self.inversion_steps} steps)" if self.inversion else "shared-noise forward noising"
-        return f"level t={self.t} (abar {self.abar_t:.4f}) by {how}; DDIM back in {self.ddim_steps} steps"
+        return (f"level t={self.t} (abar {self.abar_t:.4f}) by {how}; DDIM back in {self.ddim_steps} steps "
+                f"with {describe(self.score, self.denoiser)}")
 
     def endpoints(self, clean_a: torch.Tensor, clean_b: torch.Tensor, eps: torch.Tensor | None) -> Endpoints:
         if self.inversion:
@@ -93,7 +105,7 @@ class DiffusionSpace(Space):
         finite = torch.isfinite(points).all(-1)
         clean = torch.full_like(points, float("nan"))
         if bool(finite.any()):
-            clean[finite] = ddim_denoise(self.score.eps_model, points[finite].reshape(-1, *self.shape), self.t,
+            clean[finite] = ddim_denoise(self.denoiser.eps_model, points[finite].reshape(-1, *self.shape), self.t,
                                          self.alphas_cumprod, self.ddim_steps,
                                          batch_size=self.batch_size).reshape(-1, points.shape[-1]).to(points)
         self.denoise_seconds += time.perf_counter() - start

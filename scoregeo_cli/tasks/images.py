@@ -115,6 +115,8 @@ class ImageTask:
         if oracle:
             score = build_score(cfg, dataset=dataset)
             space = instantiate(cfg.space)(score=score)
+        if "denoiser" in cfg and hasattr(space, "set_denoiser"):
+            space.set_denoiser(instantiate(cfg.denoiser)(score=score, dataset=dataset))
         metric = build_metric(cfg, score)
         plan = Plan(solver.nodes, metric, solver, shooter, extrapolate=self.extrapolate and dataset.has_truth)
         check_methods(methods, plan)

@@ -32,6 +32,9 @@ def _pair_of_numbers(value, key: str) -> tuple[float, float]:
 
 def validate_manifold(cfg: DictConfig) -> None:
     """Refuse out-of-range dataset, score and eval values with one sentence."""
+    if "denoiser" in cfg and not str(cfg.denoiser.get("_target_", "")).endswith(".same_denoiser"):
+        raise ScoregeoError("denoiser applies to image experiments (paths brought back by DDIM); synthetic "
+                            "manifolds have no denoising step: leave denoiser=same")
     d = cfg.dataset
     if "intrinsic_dim" in d:
         if not isinstance(d.intrinsic_dim, int) or d.intrinsic_dim < 1:
