@@ -27,7 +27,6 @@ batched call per iteration (chunked by the score field).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -129,12 +128,16 @@ def _finish(metric: Metric, result: "GeodesicResult", path0: torch.Tensor, gtol:
 def score_is_float32(score, points: torch.Tensor) -> bool:
     """Whether ``score`` computes in float32 (a network): points of a float32 dtype, or a
     score whose value does not change when its float64 input is rounded to float32 (one
-    point, two evaluations, counted)."""
+    point, two evaluations, left out of the score's counters)."""
     if points.dtype != torch.float64:
         return True
     x = points[:1].detach()
-    with torch.no_grad():
-        return bool(torch.equal(score(x), score(x.float().to(x.dtype))))
+    saved = (score.calls, score.points, score.seconds)
+    try:
+        with torch.no_grad():
+            return bool(torch.equal(score(x), score(x.float().to(x.dtype))))
+    finally:  # two single-point passes: a measurement, not counted
+        score.calls, score.points, score.seconds = saved
 
 
 def straight_path(a: torch.Tensor, b: torch.Tensor, nodes: int) -> torch.Tensor:
@@ -515,9 +518,9 @@ class GaussNewtonSolver:
 
     Args:
         nodes: nodes per path, endpoints included (>= 3).
-        max_evals: budget of batched score evaluations (forward passes, > 0). With
-            ``levels``, the coarse levels spend at most a quarter of it counted in points (an
-            evaluation of all P paths at ``nodes`` nodes is one), and the final level the rest.
+        max_evals: budget of batched score evaluations (forward passes, > 0), all levels
+            together; the coarse levels also stop once their points reach a quarter of the
+            budget's (an evaluation of all P paths at ``nodes`` nodes counting as one).
         gtol: relative gradient-norm tolerance (> 0).
         warm_start: fixed-point iterations first (0: none); each costs one evaluation.
         max_damping: largest damping, in units of 1e-2 of the mean stiffness, before a
@@ -609,7 +612,7 @@ class GaussNewtonSolver:
                                     tol=1e-6)(metric, a, b, path)
             path, trace, it = warm.path, warm.energy_trace[:-1], warm.iterations
             gnorm0 = warm.grad_norm0.clone()  # at the first path
-        elif self.levels:
+        elif self.levels and self.max_evals >= 3:
             interpolation = getattr(metric, "interpolation", "cubic")
             coarse_metric = self._coarse_metric(metric)
             coarse = None
@@ -617,11 +620,13 @@ class GaussNewtonSolver:
             # (an evaluation of all paths at the final discretisation is one evaluation)
             full = path0.shape[0] * metric.curve(self.nodes).weights.shape[0]
             coarse_points = points0 + self.max_evals * full / 4
+            coarse_calls = evals0 + self.max_evals - 2  # the final level's gradient and first evaluation
             for n in self.levels:
                 first = (straight_path(a, b, n) if coarse is None and init is None
                          else resample(path0 if coarse is None else coarse, n, interpolation))
                 state = self._iterate(coarse_metric, first, self.coarse_gtol, None,
-                                      lambda: metric.score.points >= coarse_points, progress, 10 * etol)
+                                      lambda: metric.score.points >= coarse_points
+                                      or metric.score.calls >= coarse_calls, progress, 10 * etol)
                 coarse, it = state.path, it + state.iterations
                 vjps, vjp_points = vjps + state.vjp_evals, vjp_points + state.vjp_points
             path = resample(coarse, self.nodes, interpolation)
@@ -629,13 +634,7 @@ class GaussNewtonSolver:
             points = metric.score.points
             gnorm0 = metric.energy_gradient(path0)[1].flatten(1).norm(dim=-1)
             vjps, vjp_points = vjps + 1, vjp_points + metric.score.points - points
-        left = self.max_evals
-        if self.levels and not self.warm_start:
-            calls0 = metric.score.calls
-            left = max(1, self.max_evals - math.ceil((metric.score.points - points0) / full))
-        else:
-            calls0 = evals0
-        state = self._iterate(metric, path, gtol, gnorm0, lambda: metric.score.calls - calls0 >= left,
+        state = self._iterate(metric, path, gtol, gnorm0, lambda: metric.score.calls - evals0 >= self.max_evals,
                               progress, etol)
         result = GeodesicResult(state.path, state.energy, metric.score.calls - evals0, 0.0, state.converged,
                                 it + state.iterations, trace + state.trace, grad_norm0=state.grad_norm0,
