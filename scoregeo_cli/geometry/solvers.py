@@ -519,8 +519,9 @@ class GaussNewtonSolver:
     Args:
         nodes: nodes per path, endpoints included (>= 3).
         max_evals: budget of batched score evaluations (forward passes, > 0), all levels
-            together; the coarse levels also stop once their points reach a quarter of the
-            budget's (an evaluation of all P paths at ``nodes`` nodes counting as one).
+            together; the coarse levels spend at most half of it, and stop once their points
+            reach a quarter of the budget's (an evaluation of all P paths at ``nodes`` nodes
+            counting as one).
         gtol: relative gradient-norm tolerance (> 0).
         warm_start: fixed-point iterations first (0: none); each costs one evaluation.
         max_damping: largest damping, in units of 1e-2 of the mean stiffness, before a
@@ -620,7 +621,7 @@ class GaussNewtonSolver:
             # (an evaluation of all paths at the final discretisation is one evaluation)
             full = path0.shape[0] * metric.curve(self.nodes).weights.shape[0]
             coarse_points = points0 + self.max_evals * full / 4
-            coarse_calls = evals0 + self.max_evals - 2  # the final level's gradient and first evaluation
+            coarse_calls = evals0 + max(1, min(self.max_evals // 2, self.max_evals - 2))  # half of the calls
             for n in self.levels:
                 first = (straight_path(a, b, n) if coarse is None and init is None
                          else resample(path0 if coarse is None else coarse, n, interpolation))
