@@ -152,7 +152,8 @@ def test_weights_check_reports_present_and_missing(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("SCOREGEO_CACHE", str(tmp_path))
     assert main(["weights", "--check"]) == 1
     out = capsys.readouterr().out
-    assert out.count("missing") == 3 and str(tmp_path / "weights") in out
+    assert out.count("missing") == 4 and str(tmp_path / "weights") in out  # LPIPS alex, vgg, Inception
+    assert str(tmp_path / "data" / "mnist_5k.csv.gz") in out  # and the MNIST digits
 
 
 def test_archives_with_the_wrong_hash_are_refused(tmp_path):
