@@ -10,7 +10,11 @@ all paths), wall time, the share of wall time spent outside the score's forward 
 final curve energy, the true gradient norm relative to the start (``grad_rel``), the
 continuous g-length, ground-truth error (the great circle / the true rotation), on the
 sphere the distance to the metric's own geodesic (``geometry.truth``), and the ratios to
-``adam_reference`` measured in the same run. Printed as a table and written as JSON.
+``adam_reference`` measured in the same run. ``network_passes_per_pair``: the same cost in
+single-point network passes per pair (forward points + backward points x the measured VJP
+cost, over the pairs); ``seconds_per_pair``; with ``--reference``, ``g_length_error`` and
+``ref_node_error`` against a fine reference (``reference_solve``). Printed as a table and
+written as JSON. Without ``--solvers`` the UNet gets the fixed point and the default only.
 """
 
 from __future__ import annotations
