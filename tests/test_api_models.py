@@ -132,8 +132,8 @@ def test_denoise_is_diffusers_ddim(unet):
 # ----------------------------------------------------------------------------- the packaged UNet against `scoregeo run`
 
 def test_rotated_digits_geodesic_is_the_path_of_scoregeo_run(tmp_path, monkeypatch, capsys):
-    """`scoregeo run experiment=rotated_mnist` (one pair, 5 nodes, 4 Gauss-Newton evaluations,
-    a 2-step rk4 shot) and the public API on the same inputs (the packaged checkpoint loaded
+    """`scoregeo run experiment=rotated_mnist` (one pair, 5 nodes, 4 evaluations of the plain
+    Gauss-Newton solver, the API's default, a 2-step rk4 shot) and the public API on the same inputs (the packaged checkpoint loaded
     with diffusers, the same clean images and noise): the same endpoints, the same path and
     the same extrapolation to 1e-6."""
     from diffusers import DDIMScheduler, UNet2DModel
@@ -157,8 +157,8 @@ def test_rotated_digits_geodesic_is_the_path_of_scoregeo_run(tmp_path, monkeypat
 
     monkeypatch.setattr(DiffusionSpace, "endpoints", record_ends)
     monkeypatch.setattr(GeodesicMethod, "__call__", record_path)
-    cmd = ["run", "experiment=rotated_mnist", f"score.checkpoint={CHECKPOINT}", f"output_root={tmp_path}",
-           "n_pairs=1", "method=[geodesic]",
+    cmd = ["run", "experiment=rotated_mnist", f"score.checkpoint={CHECKPOINT}", "solver=gauss_newton_plain",
+           f"output_root={tmp_path}", "n_pairs=1", "method=[geodesic]",
            "solver.nodes=5", "solver.max_evals=4", "extrapolate.method=rk4", "extrapolate.steps=2",
            "extrapolate.substeps=1", "space.ddim_steps=1", "eval.fid=false", "eval.strips=0",
            f"hydra.run.dir={tmp_path / 'run'}"]
