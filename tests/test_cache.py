@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -86,7 +87,8 @@ def _run(argv, monkeypatch):
 
 @pytest.mark.slow
 def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(tmp_path, monkeypatch):
-    small = ["experiment=rotated_mnist", "n_pairs=1", "solver.nodes=4", "solver.max_evals=3", "space.ddim_steps=1",
+    small = ["experiment=rotated_mnist", "n_pairs=1", "solver=gauss_newton_plain", "solver.nodes=4", "solver.max_evals=3",
+             "space.ddim_steps=1",
              "eval.fid_frames=2", "eval.fid_real=2", "eval.strips=0", "extrapolate.method=rk4",
              "extrapolate.steps=2", "extrapolate.substeps=1", "extrapolate.max_evals=8",
              "method=[geodesic,lerp,pixel_lerp]"]
@@ -100,11 +102,18 @@ def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(
     assert reused["denoised"] == {"reused": 3, "computed": 2}
     assert reused["inception"]["reused"] >= 4  # two reference sets, lerp and pixel_lerp frames
     assert reused["energy_terms"] == {"reused": 1, "computed": 0}  # lerp's energy parts hold for any lam
-    # the cached run equals the uncached one in every number but wall times
+    # the cached run equals the uncached one in every number but wall times, to float32 rounding:
+    # the UNet's float32 result for an image depends slightly on the size of the batch it is
+    # denoised in, and the cached run denoises only the geodesic's groups together
     def numbers(summary):
-        return {m: {k: v for k, v in entry.items() if not k.endswith("seconds")} for m, entry in summary.items()}
+        return {(m, k, stat): v for m, entry in summary.items() for k, stats in entry.items()
+                if not k.endswith("seconds") for stat, v in stats.items()}
 
-    assert numbers(runs["b"]) == numbers(runs["off"])
+    cached, uncached = numbers(runs["b"]), numbers(runs["off"])
+    assert cached.keys() == uncached.keys()
+    for key, value in cached.items():
+        other = uncached[key]
+        assert (math.isnan(value) and math.isnan(other)) or value == pytest.approx(other, rel=1e-5, abs=1e-6), key
     assert json.loads((tmp_path / "off" / "cache.json").read_text()) == {}
 
 
