@@ -61,7 +61,9 @@ METRIC_OPTIONS: dict[str, dict[str, Any]] = {
     "euclidean": {},
 }
 SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
-    "gauss_newton": {"max_evals": 200, "gtol": 1e-8, "warm_start": 0, "max_damping": 1e12},
+    "gauss_newton": {"max_evals": 200, "gtol": 1e-8, "warm_start": 0, "max_damping": 1e12, "levels": [],
+                     "coarse_quadrature": None, "coarse_gtol": 1e-3, "damping": "lm", "etol": 0.0,
+                     "float32_gtol": None},
     "fixed_point": {"max_evals": 50, "tol": 1e-4, "min_step": 1e-3, "gtol": 1e-5},
     "lbfgs": {"lr": 1.0, "max_evals": 200, "tol": 1e-9, "freeze_score": False, "gtol": 1e-6},
     "adam": {"lr": 1e-2, "max_evals": 500, "tol": 1e-7, "freeze_score": False, "gtol": 1e-6},
