@@ -81,3 +81,11 @@ def test_orbit_denoiser_with_a_learned_score_runs_and_is_recorded(tmp_path, monk
         assert set(summary["geodesic"]["psnr_minus_lerp"]) >= {"mean", "ci_low", "ci_high", "n"}
         assert ("own noise predictor" in out) == (denoiser == "same") and ("with denoiser" in out) == (denoiser == "orbit")
     assert psnr["orbit"] > psnr["same"] + 10
+
+
+def test_a_missing_denoiser_checkpoint_names_its_own_key(tmp_path):
+    from scoregeo_cli.spaces.denoisers import unet_denoiser
+
+    with pytest.raises(ScoregeoError) as err:
+        unet_denoiser(_field(0.0), checkpoint=str(tmp_path / "absent.safetensors"))
+    assert str(err.value).startswith(f"denoiser.checkpoint={tmp_path}") and "score.checkpoint" not in str(err.value)

@@ -218,9 +218,9 @@ def _cell(entry: dict) -> str:
     """'mean ± std', or for a paired difference 'mean [ci_low, ci_high]' (95% bootstrap)."""
     if "ci_low" not in entry:
         return f"{entry['mean']:.4g} ± {entry['std']:.2g}"
-    if not (math.isfinite(entry["ci_low"]) and math.isfinite(entry["ci_high"])):
-        return f"{entry['mean']:+.3g}"
-    return f"{entry['mean']:+.3g} [{entry['ci_low']:+.3g}, {entry['ci_high']:+.3g}]"
+    from scoregeo_cli.reporting.stats import format_interval
+
+    return format_interval(entry, spec="+.3g")
 
 
 def format_summary(summary: dict, metrics: list[str] | None = None, row_header: str = "method",

@@ -39,11 +39,12 @@ def paired_bootstrap(differences, resamples: int = RESAMPLES, level: float = LEV
     return out
 
 
-def format_interval(stat: dict, digits: int = 2, signed: bool = True) -> str:
-    """'+4.10 [+3.20, +5.00]' (n is reported beside it by the caller); '–' without data."""
+def format_interval(stat: dict, digits: int = 2, signed: bool = True, spec: str | None = None) -> str:
+    """'+4.10 [+3.20, +5.00]' (n is reported beside it by the caller); '–' without data.
+    ``spec``, a format spec such as '+.3g', replaces ``digits`` and ``signed``."""
     if stat is None or stat.get("n", 0) == 0 or not math.isfinite(stat["mean"]):
         return "–"
-    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    fmt = f"{{:{spec}}}" if spec else f"{{:{'+' if signed else ''}.{digits}f}}"
     if not (math.isfinite(stat["ci_low"]) and math.isfinite(stat["ci_high"])):
         return fmt.format(stat["mean"])
     return f"{fmt.format(stat['mean'])} [{fmt.format(stat['ci_low'])}, {fmt.format(stat['ci_high'])}]"

@@ -66,17 +66,23 @@ def _orbit_dataset(source: str):
     return RotatedDigits(source=source, pair_split="orbit_set")
 
 
-def _model_score(name: str, dataset, t: int, schedule: dict):
-    """(score field at t, its noise predictor eps(x, level)) of a model name or checkpoint."""
-    if name == "orbit":
-        from scoregeo_cli.scores.orbit import orbit_score
+def _unet_fields(models) -> dict:
+    """{name: (model, alphas_cumprod, meta)} of every checkpoint in ``models``, each read once and
+    checked to be on the oracle's schedule before any work."""
+    from scoregeo_cli.scores.unet import DEFAULT_SCHEDULE, load_checkpoint
+    from scoregeo_cli.spaces.ddim import alphas_cumprod_from
 
-        field = orbit_score(dataset, t=t, schedule=schedule)
-        return field, field.eps_model
-    from scoregeo_cli.scores.unet import load_unet_score
-
-    field = load_unet_score(name, t=t)
-    return field, field.eps_model
+    oracle_abar = alphas_cumprod_from(DEFAULT_SCHEDULE)
+    loaded = {}
+    for name in models:
+        if name == "orbit":
+            continue
+        loaded[name] = load_checkpoint(name)
+        abar = loaded[name][1]
+        if abar.shape != oracle_abar.shape or not torch.allclose(abar, oracle_abar):
+            raise ScoregeoError(f"{name} has another noise schedule than the orbit oracle's "
+                                "(linear 1e-4..0.02 over 1000 levels); its errors would compare different levels")
+    return loaded
 
 
 def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k", points: int = 256,
@@ -88,8 +94,9 @@ def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k
     from scoregeo_cli.evaluation.images import psnr
     from scoregeo_cli.geometry.metrics import SteinMetric
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver, straight_path
-    from scoregeo_cli.scores.unet import DEFAULT_SCHEDULE, load_checkpoint
-    from scoregeo_cli.spaces.ddim import alphas_cumprod_from, check_level, ddim_denoise
+    from scoregeo_cli.scores.orbit import orbit_score
+    from scoregeo_cli.scores.unet import DEFAULT_SCHEDULE, SAMPLE_SHAPE, UNetScore
+    from scoregeo_cli.spaces.ddim import alphas_cumprod_from, check_level, ddim_denoise, noise_to
 
     for name, value in (("points", points), ("pairs", pairs), ("ddim_steps", ddim_steps), ("max_evals", max_evals)):
         if int(value) < 1:
@@ -99,38 +106,32 @@ def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k
     abar_all = alphas_cumprod_from(DEFAULT_SCHEDULE)
     for t in levels:
         check_level(int(t), abar_all)
-    for name in models:  # every checkpoint readable, and on the oracle's schedule, before any work
-        if name != "orbit":
-            _, abar, _ = load_checkpoint(name)
-            if abar.shape != abar_all.shape or not torch.allclose(abar, abar_all):
-                raise ScoregeoError(f"{name} has another noise schedule than the orbit oracle's "
-                                    "(linear 1e-4..0.02 over 1000 levels); its errors would compare different levels")
+    networks = _unet_fields(models)
     dataset = _orbit_dataset(source)
     gen = torch.Generator().manual_seed(seed)
     # the same digits, angles and noise for every model and level
     y = (dataset.rotated_batch("orbit_set", int(points), gen) * 2 - 1).reshape(int(points), -1).double()
     eps = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    truth = ((y.reshape(-1, *SAMPLE_SHAPE) + 1) / 2).float()
     dataset.select(int(pairs), gen)
     a, b = (v.reshape(int(pairs), -1).double() * 2 - 1 for v in dataset.load(list(range(int(pairs)))))
     pair_eps = torch.randn(a.shape, generator=gen, dtype=torch.float64)
     rows = []
     for t in levels:
         t = int(t)
-        abar = float(abar_all[t])
-        x_orbit = math.sqrt(abar) * y + math.sqrt(1 - abar) * eps
-        ends_a = math.sqrt(abar) * a + math.sqrt(1 - abar) * pair_eps
-        ends_b = math.sqrt(abar) * b + math.sqrt(1 - abar) * pair_eps
+        x_orbit = noise_to(y, eps, t, abar_all)
+        ends_a, ends_b = noise_to(a, pair_eps, t, abar_all), noise_to(b, pair_eps, t, abar_all)
         lerp_nodes = straight_path(ends_a, ends_b, int(nodes)).reshape(-1, a.shape[1])
-        exact, exact_eps = _model_score("orbit", dataset, t, DEFAULT_SCHEDULE)
+        exact = orbit_score(dataset, t=t, schedule=DEFAULT_SCHEDULE)
         for name in models:
             start = time.perf_counter()
-            field, eps_model = (exact, exact_eps) if name == "orbit" else _model_score(name, dataset, t, DEFAULT_SCHEDULE)
+            field = exact if name == "orbit" else UNetScore(networks[name][0], networks[name][1], t, 128, name,
+                                                            networks[name][2])
             metric = SteinMetric(field, lam=lam, normalize=normalize)
             solve = GaussNewtonSolver(nodes=int(nodes), max_evals=int(max_evals))(metric, ends_a, ends_b)
             geo_nodes = solve.path.detach().reshape(-1, a.shape[1])
-            x0 = x_orbit.reshape(-1, *dataset_shape()).float()
-            back = ddim_denoise(eps_model, x0, t, abar_all, steps=int(ddim_steps))
-            truth = ((y.reshape(-1, *dataset_shape()) + 1) / 2).float()
+            back = ddim_denoise(field.eps_model, x_orbit.reshape(-1, *SAMPLE_SHAPE).float(), t, abar_all,
+                                steps=int(ddim_steps))
             row = {"model": name, "t": t,
                    "score_error_orbit": relative_score_error(field, exact, x_orbit),
                    "score_error_lerp": relative_score_error(field, exact, lerp_nodes),
@@ -142,10 +143,6 @@ def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k
             if progress is not None:
                 progress(row)
     return rows
-
-
-def dataset_shape() -> tuple[int, int, int]:
-    return (1, 28, 28)
 
 
 COLUMNS = (("model", "model", "{}"), ("t", "t", "{}"), ("r_orbit", "score_error_orbit", "{:.3g}"),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from scoregeo_cli.scores.eps import EpsScoreField
-from scoregeo_cli.spaces.ddim import alphas_cumprod_from
+from scoregeo_cli.spaces.ddim import alphas_cumprod_from, noise_to
 from scoregeo_cli.errors import ScoregeoError, check_finite
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -99,39 +99,40 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     return path
 
 
-def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, key: str = "score.checkpoint") -> Path:
     """The .safetensors file of ``score.checkpoint``, checked: a packaged name (``unet_mnist``,
-    ``unet_orbit``, ``unet_digits``; null is ``unet_digits``), a file, or a training folder."""
+    ``unet_orbit``, ``unet_digits``; null is ``unet_digits``), a file, or a training folder.
+    ``key`` is the config key the errors name (``denoiser.checkpoint`` for a denoiser)."""
     if checkpoint is None or str(checkpoint).strip() in ("", "null", "None"):
         checkpoint = "unet_digits"
     if str(checkpoint) in PACKAGED_NAMES:
         packaged = PACKAGED_NAMES[str(checkpoint)]
         if not packaged.is_file() or not packaged.with_suffix(".json").is_file():
             raise ScoregeoError(f"the packaged UNet checkpoint {checkpoint} ({packaged}) is missing; train it with "
-                                f"`scoregeo train experiment={checkpoint}` and pass score.checkpoint=<its path>")
+                                f"`scoregeo train experiment={checkpoint}` and pass {key}=<its path>")
         return packaged
     path = Path(str(checkpoint)).expanduser()
     if path.is_dir():
         if not (path / EXPORT_NAME).is_file():
-            raise ScoregeoError(f"score.checkpoint={checkpoint} is a directory without {EXPORT_NAME}; pass a "
+            raise ScoregeoError(f"{key}={checkpoint} is a directory without {EXPORT_NAME}; pass a "
                                 f"training folder of `scoregeo train`, a .safetensors file, or a packaged name "
                                 f"({', '.join(PACKAGED_NAMES)})")
         path = path / EXPORT_NAME
     if not path.is_file():
-        raise ScoregeoError(f"score.checkpoint={checkpoint} does not exist; pass the {EXPORT_NAME} written by "
+        raise ScoregeoError(f"{key}={checkpoint} does not exist; pass the {EXPORT_NAME} written by "
                             f"`scoregeo train`, or a packaged name ({', '.join(PACKAGED_NAMES)})")
     if path.suffix != ".safetensors" or not path.with_suffix(".json").is_file():
-        raise ScoregeoError(f"score.checkpoint={checkpoint} must be a .safetensors file with its .json "
+        raise ScoregeoError(f"{key}={checkpoint} must be a .safetensors file with its .json "
                             "config beside it, as `scoregeo train experiment=rotated_mnist` writes them")
     return path
 
 
-def load_checkpoint(checkpoint: str | os.PathLike | None = None):
+def load_checkpoint(checkpoint: str | os.PathLike | None = None, key: str = "score.checkpoint"):
     """(model in eval mode without parameter gradients, alphas_cumprod (T,) float64, meta dict)."""
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
-    path = resolve_checkpoint(checkpoint)
+    path = resolve_checkpoint(checkpoint, key)
     try:
         meta = json.loads(path.with_suffix(".json").read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -185,13 +186,14 @@ class UNetScore(EpsScoreField):
         self.model, self.checkpoint, self.meta = model, checkpoint, meta
 
 
-def load_unet_score(checkpoint: str | None = None, t: int = 400, chunk_size: int | None = 128) -> UNetScore:
+def load_unet_score(checkpoint: str | None = None, t: int = 400, chunk_size: int | None = 128,
+                    key: str = "score.checkpoint") -> UNetScore:
     """score=unet: the packaged (``checkpoint: null``) or a trained checkpoint, at level t."""
     if chunk_size is not None and int(chunk_size) < 1:
         raise ScoregeoError(f"score.chunk_size must be at least 1 or null, got {chunk_size}")
-    model, abar, meta = load_checkpoint(checkpoint)
+    model, abar, meta = load_checkpoint(checkpoint, key)
     return UNetScore(model, abar, int(t), None if chunk_size is None else int(chunk_size),
-                     resolve_checkpoint(checkpoint), meta)
+                     resolve_checkpoint(checkpoint, key), meta)
 
 
 # ----------------------------------------------------------------------------- training
@@ -236,6 +238,11 @@ def generate(model, scheduler_config: dict, n: int, generator: torch.Generator, 
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
+def _predict_eps(model, x_t: torch.Tensor, levels: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """The model's noise prediction for points (n, 1, 28, 28) at per-point levels (n,), in batches."""
+    return torch.cat([model(xb, tb).sample for xb, tb in zip(x_t.split(batch), levels.split(batch))])
+
+
 @torch.no_grad()
 def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1) -> float:
     """Mean squared eps error on held-out digits (``dataset.heldout_split``) at uniform
@@ -244,8 +251,7 @@ def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1) -> flo
     x0 = dataset.rotated_batch(dataset.heldout_split, n, gen) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen)
     ts = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
-    pred = torch.cat([model(xb, tb).sample for xb, tb in zip(scheduler.add_noise(x0, noise, ts).split(128), ts.split(128))])
-    return float(F.mse_loss(pred, noise))
+    return float(F.mse_loss(_predict_eps(model, scheduler.add_noise(x0, noise, ts), ts), noise))
 
 
 @torch.no_grad()
@@ -258,10 +264,8 @@ def eps_mse_per_level(model, dataset, alphas_cumprod: torch.Tensor, levels=(50, 
     noise = torch.randn(x0.shape, generator=gen)
     out = {}
     for level in levels:
-        abar = float(alphas_cumprod[int(level)])
-        x_t = math.sqrt(abar) * x0 + math.sqrt(1 - abar) * noise
-        ts = torch.full((n,), int(level), dtype=torch.long)
-        pred = torch.cat([model(xb, tb).sample for xb, tb in zip(x_t.split(128), ts.split(128))])
+        x_t = noise_to(x0, noise, int(level), alphas_cumprod)
+        pred = _predict_eps(model, x_t, torch.full((n,), int(level), dtype=torch.long))
         out[str(int(level))] = float(F.mse_loss(pred, noise))
     return out
 

@@ -39,10 +39,7 @@ def unet_denoiser(score, dataset=None, checkpoint: str | None = "unet_mnist"):
     """A UNet checkpoint's noise predictor (``denoiser=unet denoiser.checkpoint=NAME|PATH``)."""
     from scoregeo_cli.scores.unet import load_unet_score
 
-    try:
-        return load_unet_score(checkpoint, t=score.t)
-    except ScoregeoError as err:
-        raise ScoregeoError(str(err).replace("score.checkpoint", "denoiser.checkpoint")) from None
+    return load_unet_score(checkpoint, t=score.t, key="denoiser.checkpoint")
 
 
 def check_schedule(score, denoiser) -> None:
