@@ -462,7 +462,9 @@ def interrupted_line(prog: str) -> str:
     """The one line an interrupted command prints."""
     during = _INTERRUPTED.get("during") or progress.current()
     run_dir = _INTERRUPTED.get("run_dir") or _ACTIVE["run_dir"]
-    what = (f" during {during}" if during else "") + (f" of the run in {run_dir}" if run_dir else "")
+    what = f" during {during}" if during else ""
+    if run_dir:
+        what += f" of the run in {run_dir}" if during else f" in the run in {run_dir}"
     return (f"{prog}: interrupted{what}; nothing unfinished is marked done, run the same command again "
             "to resume (finished runs are skipped)")
 

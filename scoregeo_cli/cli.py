@@ -43,6 +43,18 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(lines))
 
 
+def _forget_caught_interrupt() -> None:
+    """Make a caught Ctrl-C end in exit code 130 under ``python -m`` too.
+
+    CPython (3.11, 3.12) marks a KeyboardInterrupt that ends any string ``exec``/``eval`` as
+    unhandled, even when a caller catches it: Ctrl-C landing while a dataclass or namedtuple is
+    being built is enough. Under ``python -m`` the interpreter then kills itself with SIGINT at
+    exit (status -2) instead of returning our 130. The mark is cleared at the start of every
+    string evaluation, so one empty evaluation clears it.
+    """
+    exec("None")  # noqa: S102 - a constant string; see the docstring
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -65,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         with progress.activity(f"scoregeo {name}"):  # a log hears from a long command from its start
             module_name, function_name = SUBCOMMANDS[name][0].split(":")
             command = getattr(importlib.import_module(module_name), function_name)
-            return int(command(rest, prog=f"scoregeo {name}") or 0)
+            code = int(command(rest, prog=f"scoregeo {name}") or 0)
+        if code == 130:  # `run` and `train` caught Ctrl-C and printed their line
+            _forget_caught_interrupt()
+        return code
     except ScoregeoError as err:
         print(f"scoregeo {name}: error: {err}", file=sys.stderr)
         return 2
@@ -77,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scoregeo {name}: interrupted{f' during {during}' if during else ''}; "
               "run the same command again to start over (finished runs are kept and skipped)",
               file=sys.stderr, flush=True)
+        _forget_caught_interrupt()
         return 130
 
 

@@ -277,6 +277,30 @@ def test_ctrl_c_prints_one_line_exit_130_then_resumes(tmp_path, monkeypatch, cap
     assert len(finished(root)) == 1
 
 
+def test_a_caught_interrupt_inside_a_string_exec_still_exits_130_under_python_m(tmp_path):
+    """CPython marks a KeyboardInterrupt that ends a string exec (as when Ctrl-C lands while a
+    dataclass is being built) as unhandled even after it is caught, and ``python -m`` then dies
+    by SIGINT (-2) instead of returning 130; scoregeo's interrupt path clears the mark. The
+    control module shows the same script without it, on this interpreter."""
+    body = """import sys
+try:
+    exec("raise KeyboardInterrupt")
+except KeyboardInterrupt:
+    {clear}
+    sys.exit(130)
+"""
+    (tmp_path / "fixed.py").write_text(body.format(
+        clear="from scoregeo_cli.cli import _forget_caught_interrupt; _forget_caught_interrupt()"))
+    (tmp_path / "control.py").write_text(body.format(clear="pass"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    run = lambda name: subprocess.run([sys.executable, "-m", name], cwd=tmp_path, env=env,  # noqa: E731
+                                      capture_output=True, text=True, timeout=120)
+    fixed = run("fixed")
+    assert fixed.returncode == 130, fixed.stderr
+    control = run("control")
+    assert control.returncode in (130, -signal.SIGINT), control.stderr  # -2 where CPython has the bug
+
+
 # ------------------------------------------------------------------ files other users read
 
 def _modes(run: Path) -> dict[str, int]:
