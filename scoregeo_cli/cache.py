@@ -8,9 +8,10 @@ stale; a corrupt entry is recomputed. Entries are written atomically (temporary 
 rename), so parallel jobs of a sweep can share the cache.
 
 What is cached (see ``tasks/images.py``): Inception features of reference sets and of
-frames, and denoised (DDIM) points of paths at level t, so methods that do not depend on a
-swept solver or metric (LERP, SLERP, ...) are denoised once per sweep. ``cache=false``
-bypasses the cache.
+frames, denoised (DDIM) points of paths at level t, so methods that do not depend on a
+swept solver or metric (LERP, SLERP, ...) are denoised once per sweep, and geodesic solves
+of runs without extrapolation (``methods/geodesic.py``), so a sweep over the denoiser or the
+evaluation solves each geodesic once. ``cache=false`` bypasses the cache.
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ class Cache:
         return self.root / kind / key[:2] / f"{key}.safetensors"
 
     def load(self, kind: str, key: str) -> torch.Tensor | None:
+        entry = self.load_many(kind, key)
+        return None if entry is None or "value" not in entry else entry["value"]
+
+    def load_many(self, kind: str, key: str) -> dict[str, torch.Tensor] | None:
+        """An entry of several named tensors, or None (absent or damaged)."""
         if self.root is None:
             return None
         path = self._path(kind, key)
@@ -93,11 +99,14 @@ class Cache:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))["value"]
-        except (SafetensorError, OSError, KeyError):  # a damaged entry is recomputed
+            return load_file(str(path))
+        except (SafetensorError, OSError):  # a damaged entry is recomputed
             return None
 
     def store(self, kind: str, key: str, value: torch.Tensor) -> None:
+        self.store_many(kind, key, {"value": value})
+
+    def store_many(self, kind: str, key: str, values: dict[str, torch.Tensor]) -> None:
         if self.root is None:
             return
         from safetensors.torch import save_file
@@ -107,7 +116,7 @@ class Cache:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            save_file({"value": value.detach().cpu().contiguous()}, tmp)
+            save_file({k: v.detach().cpu().contiguous() for k, v in values.items()}, tmp)
             os.chmod(tmp, new_file_mode())  # not mkstemp's 0600: a shared cache stays readable to others
             os.replace(tmp, path)
         finally:

@@ -189,3 +189,47 @@ def test_cache_entries_honour_the_umask(tmp_path):
     Cache(tmp_path).store("k", "a" * 64, torch.zeros(3))
     (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert stat.S_IMODE(entry.stat().st_mode) == 0o666 & ~mask != 0o600
+
+
+def test_a_geodesic_solve_is_reused_exactly_and_only_for_the_same_score_metric_solver_and_ends(tmp_path):
+    """A run that differs only after the solve (its denoiser, its evaluation) reuses the
+    solve: the same path, convergence and cost; another lam, another score (weights), other
+    ends or another budget solve anew."""
+    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.solvers import GaussNewtonSolver
+    from scoregeo_cli.methods.base import Plan
+    from scoregeo_cli.methods.geodesic import Geodesic
+    from scoregeo_cli.scores.analytic import EmpiricalScore
+    from scoregeo_cli.spaces.base import Endpoints
+
+    class KeyedScore(EmpiricalScore):
+        def fingerprint(self):
+            return digest("test", self.samples, self.sigma)
+
+    angles = torch.linspace(0, 2 * math.pi, 65, dtype=torch.float64)[:-1]
+    circle = torch.stack([angles.cos(), angles.sin()], 1)
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)
+    ends = Endpoints(a, b, a, b)
+    cache = Cache(tmp_path)
+
+    def solve(score, lam=100.0, max_evals=20, the_ends=ends):
+        plan = Plan(nodes=6, metric=SteinMetric(score, lam=lam), solver=GaussNewtonSolver(nodes=6, max_evals=max_evals),
+                    shooter=None, extrapolate=False, cache=cache)
+        return Geodesic()(the_ends, plan, torch.Generator())
+
+    score = KeyedScore(circle, 0.3)
+    first, again = solve(score), solve(score)
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 1}
+    assert torch.equal(first.path, again.path) and torch.equal(first.energy, again.energy)
+    assert first.score_evals == again.score_evals > 0 and first.seconds == again.seconds
+    assert all(torch.equal(first.extra[k], again.extra[k]) for k in first.extra)
+    assert not torch.allclose(first.path[:, 1:-1], (ends.a[:, None] + ends.b[:, None]) / 2)  # it moved
+    solve(score, lam=10.0)
+    solve(KeyedScore(circle * 1.01, 0.3))
+    solve(score, the_ends=Endpoints(b, a, b, a))
+    solve(score, max_evals=19)
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 5}
+    # a score that cannot be keyed is never cached
+    solve(EmpiricalScore(circle, 0.3))
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 5}

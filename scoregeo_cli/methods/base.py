@@ -19,7 +19,8 @@ class Plan:
 
     nodes: nodes per path, endpoints included. metric, solver, shooter: the geometry of the
     run (the shooter's ``duration`` and ``steps`` also set how far baselines continue).
-    extrapolate: whether paths are continued past b at all.
+    extrapolate: whether paths are continued past b at all. cache: where methods may keep and
+    find work that repeats across runs (None: nowhere).
     """
 
     nodes: int
@@ -27,6 +28,7 @@ class Plan:
     solver: object
     shooter: object
     extrapolate: bool = True
+    cache: object = None  # a scoregeo_cli.cache.Cache: geodesic solves are reused from it
 
     @property
     def tau(self) -> torch.Tensor:

@@ -54,12 +54,21 @@ class Geodesic(Method):
         # the public API's functions: `scoregeo run` and Python users share one implementation
         metric, solver = self.resolve(plan)
         n_pairs, evals0 = len(ends.a), metric.score.calls
-        try:
-            geo = geodesic(metric.score, ends.a, ends.b, metric=metric, solver=solver, nodes=solver.nodes)
-        except NonFiniteError as err:  # e.g. the conformal weights overflow at small t
-            nan = torch.full((n_pairs, plan.nodes, ends.a.shape[-1]), float("nan"), dtype=ends.a.dtype,
-                             device=ends.a.device)
-            return MethodPath(nan, None, score_evals=metric.score.calls - evals0, error=str(err))
+        key = solve_key(metric, solver, ends) if plan.cache is not None and not plan.extrapolate else None
+        entry = plan.cache.load_many("geodesic", key) if key is not None else None
+        if key is not None:
+            plan.cache.count("geodesic", entry is not None)
+        if entry is not None:
+            geo = CachedSolve(entry)
+        else:
+            try:
+                geo = geodesic(metric.score, ends.a, ends.b, metric=metric, solver=solver, nodes=solver.nodes)
+            except NonFiniteError as err:  # e.g. the conformal weights overflow at small t
+                nan = torch.full((n_pairs, plan.nodes, ends.a.shape[-1]), float("nan"), dtype=ends.a.dtype,
+                                 device=ends.a.device)
+                return MethodPath(nan, None, score_evals=metric.score.calls - evals0, error=str(err))
+            if key is not None:
+                plan.cache.store_many("geodesic", key, CachedSolve.entry(geo))
         path = geo.path
         # single-point passes per pair: forward, backward (vector-Jacobian products through the
         # score), and both with a backward counted as one pass (deterministic, so that a run's
@@ -68,7 +77,7 @@ class Geodesic(Method):
         passes = forward + backward
         self.report = (f"{geo.score_evals} batched score evaluations, {geo.iterations} iterations, "
                        f"{int(geo.converged.sum())}/{n_pairs} converged, {passes:.0f} network passes per pair, "
-                       f"{geo.seconds:.2f} s")
+                       f"{geo.seconds:.2f} s" + (" (that solve, reused from the cache)" if entry is not None else ""))
         energy = None if metric is not plan.metric else geo.energy  # rows report the run's metric
         out = MethodPath(path, None, score_evals=geo.score_evals, seconds=geo.seconds / n_pairs, energy=energy)
         out.extra = {"converged": geo.converged.double().cpu(), "grad_rel": geo.grad_rel.double().cpu(),
@@ -92,3 +101,55 @@ class Geodesic(Method):
                 self.report += (f"; shooting failed after {shot.seconds:.1f} s, extrapolation recorded as NaN: "
                                 f"{shot.error}; the geodesic equation is stiff when lam |s|^2 is large ({hint})")
         return out
+
+
+# --------------------------------------------------------------------------- reused solves
+
+def _parameters(obj) -> str | None:
+    """A metric's or solver's settings as text (its type and public plain attributes; the
+    score is keyed apart, private attributes are working state), or None when some setting is
+    not plain (then the solve is not cached)."""
+    plain = (bool, int, float, str, type(None))
+    items = []
+    for name, value in sorted(vars(obj).items()):
+        if name == "score" or name.startswith("_"):
+            continue
+        if isinstance(value, (list, tuple)) and all(isinstance(v, plain) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, plain):
+            return None
+        items.append((name, value))
+    return f"{type(obj).__module__}.{type(obj).__qualname__}{items!r}"
+
+
+def solve_key(metric, solver, ends: Endpoints) -> str | None:
+    """The cache key of one batched solve: the score (its ``fingerprint()``: network weights or
+    reference set, and schedule), its level, chunking and dtype, the metric's and solver's
+    settings, and the exact endpoints; None when any of them cannot be keyed."""
+    from scoregeo_cli.cache import digest
+
+    score = metric.score
+    fingerprint = getattr(score, "fingerprint", None)
+    settings = [_parameters(metric), _parameters(solver)]
+    if fingerprint is None or None in settings:
+        return None
+    return digest("geodesic solve", type(score).__name__, fingerprint(), getattr(score, "t", None),
+                  getattr(score, "chunk_size", None), *settings, ends.a, ends.b)
+
+
+class CachedSolve:
+    """The parts of an ``api.Geodesic`` that a run records, kept in and read from the cache."""
+
+    STATS = ("score_evals", "iterations", "network_passes", "backward_passes", "seconds")
+
+    def __init__(self, entry: dict[str, torch.Tensor]):
+        self.path, self.energy, self.grad_rel = entry["path"], entry["energy"], entry["grad_rel"]
+        self.converged = entry["converged"].bool()
+        for name, value in zip(self.STATS, entry["stats"].tolist()):
+            setattr(self, name, value if name == "seconds" else int(value))
+
+    @classmethod
+    def entry(cls, geo) -> dict[str, torch.Tensor]:
+        stats = torch.tensor([float(getattr(geo, name)) for name in cls.STATS], dtype=torch.float64)
+        return {"path": geo.path, "energy": geo.energy, "grad_rel": geo.grad_rel,
+                "converged": geo.converged.to(torch.uint8), "stats": stats}

@@ -79,8 +79,10 @@ def _plain_config(config) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: dict | None = None) -> Path:
-    """Write ``path`` (.safetensors weights) and the JSON beside it; returns ``path``."""
+def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: dict | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write ``path`` (.safetensors weights, stored as ``dtype`` if given: float16 halves a
+    snapshot; loading casts back to float32) and the JSON beside it; returns ``path``."""
     from safetensors.torch import save_file
 
     from scoregeo_cli.reporting.results import atomic_write_json
@@ -89,13 +91,14 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     if path.suffix != ".safetensors":
         raise ScoregeoError(f"a UNet checkpoint path must end in .safetensors, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
     os.replace(tmp, path)
     atomic_write_json(path.with_suffix(".json"), {
         "format": FORMAT, "unet": _plain_config(model.config), "scheduler": _plain_config(scheduler_config),
-        "sample_shape": list(SAMPLE_SHAPE), "data_range": [-1.0, 1.0], "training": training or {}})
+        "sample_shape": list(SAMPLE_SHAPE), "data_range": [-1.0, 1.0], "training": training or {},
+        "weights_dtype": str(dtype or next(iter(state.values())).dtype).replace("torch.", "")})
     return path
 
 
@@ -184,6 +187,12 @@ class UNetScore(EpsScoreField):
         self.sample_shape = tuple(meta.get("sample_shape", SAMPLE_SHAPE))
         super().__init__(UNetEps(model), self.sample_shape, t, alphas_cumprod, chunk_size)
         self.model, self.checkpoint, self.meta = model, checkpoint, meta
+
+    def fingerprint(self) -> str:
+        """A digest of the network's weights and the noise schedule (the level is keyed apart)."""
+        from scoregeo_cli.cache import digest
+
+        return digest("unet", self.model, self.alphas_cumprod)
 
 
 def load_unet_score(checkpoint: str | None = None, t: int = 400, chunk_size: int | None = 128,
@@ -274,9 +283,13 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
                warmup: int = 100, weight_decay: float = 0.0, grad_clip: float = 1.0, ema_decay: float = 0.999,
                checkpoint_every: int = 200, model: dict | None = None, schedule: dict | None = None,
                fid_samples: int = 64, sample_steps: int = 50, test_loss_samples: int = 512,
-               threads: int | None = None) -> Path:
+               threads: int | None = None, snapshots=()) -> Path:
     """Train an eps-prediction UNet on rotated digits of ``cfg.dataset``; return the exported
-    EMA checkpoint ``<out_dir>/unet.safetensors`` (see the module docstring)."""
+    EMA checkpoint ``<out_dir>/unet.safetensors`` (see the module docstring).
+
+    ``snapshots``: steps (< ``steps``) at which the EMA weights are also exported, in float16,
+    as ``<out_dir>/unet_step<N>.safetensors`` with their held-out eps-MSE per level: a ladder of
+    one training run at increasing steps (they do not change the run itself)."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -295,6 +308,10 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         raise ScoregeoError(f"score.train.test_loss_samples must be at least 1, got {test_loss_samples}")
     if fid_samples and int(fid_samples) < 2:
         raise ScoregeoError(f"score.train.fid_samples must be 0 (no FID) or at least 2, got {fid_samples}")
+    snapshots = sorted({int(n) for n in (snapshots or ())})
+    if snapshots and not 1 <= snapshots[0] <= snapshots[-1] < int(steps):
+        raise ScoregeoError(f"score.train.snapshots must be steps between 1 and steps - 1 = {int(steps) - 1}, "
+                            f"got {snapshots}")
     if threads:
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
@@ -358,6 +375,10 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if step in snapshots and not (out_dir / f"unet_step{step}.safetensors").exists():
+                save_snapshot(out_dir / f"unet_step{step}.safetensors", net, ema, scheduler, dataset, step,
+                              {"batch_size": int(batch_size), "lr": float(lr), "of_steps": int(steps),
+                               "ema_decay": float(ema_decay)})
             if step % int(checkpoint_every) == 0 or step == steps:
                 seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -400,6 +421,24 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
 
 
 FID_TARGET = 2.0  # a model worth testing samples within this factor of real-vs-real FID at the same size
+
+
+def save_snapshot(path: Path, net, ema, scheduler, dataset, step: int, settings: dict) -> Path:
+    """Export the EMA weights at ``step`` of a running training as a float16 checkpoint."""
+    snapshot = copy.deepcopy(net)
+    ema.copy_to(snapshot.parameters())
+    snapshot.eval().requires_grad_(False)
+    record = {"source": dataset.source, "train_split": dataset.train_split,
+              "train_digits": len(dataset.images(dataset.train_split)),
+              "train_angles": list(dataset.train_angles), "steps": int(step), **settings,
+              "snapshot_note": f"EMA weights at step {step} of a {settings.get('of_steps')}-step run "
+                               "(cosine learning-rate schedule over the whole run), stored in float16",
+              "eps_mse_per_t": eps_mse_per_level(snapshot.half().float(), dataset,
+                                                 alphas_cumprod_from(scheduler.config)),
+              "eps_mse_per_t_note": f"eps-MSE of the float16-stored weights at fixed levels t, 256 digits of the "
+                                    f"{dataset.heldout_split} split at uniform training angles (same noise at every t)"}
+    print(f"snapshot at step {step}: {path}")
+    return save_checkpoint(path, snapshot, scheduler.config, record, dtype=torch.float16)
 
 
 def fid_verdict(sample_fid: float, real_vs_real_fid: float) -> dict:

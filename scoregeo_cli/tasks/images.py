@@ -143,6 +143,7 @@ class ImageTask:
         fid = _SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, cache) if ev.fid else None
         fractions = torch.linspace(0, 1, n_nodes, dtype=torch.float64)
         memo = _Memo(cache, getattr(space, "fingerprint", lambda: None)(), metric, ev.lpips_net)
+        plan.cache = cache  # geodesic solves are reused across runs that differ only after them
         rows: list[dict] = []
         strips_left = n_pairs if ev.get("strips") is None else int(ev.strips)
         batch_size = self.pair_batch or n_pairs
