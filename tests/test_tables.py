@@ -323,3 +323,73 @@ def test_a_group_no_sweep_makes_is_refused(tmp_path):
     with pytest.raises(ScoregeoError, match="group 'codim 8' .* is made by none of its sweeps"):
         recipes.load(bad)
 
+
+
+def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_them(tmp_path, monkeypatch):
+    """A pooled column's paired cell is the mean of the per-pair differences to LERP over the
+    pairs of every seed, with the 95% percentile bootstrap interval of those differences
+    (checked against numpy directly); a plain pooled column is the mean over pairs; the paired
+    figure draws one point per group at its level."""
+    import json
+
+    import numpy as np
+
+    from scoregeo_cli.reporting.results import atomic_write_text, row
+
+    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
+    book = tmp_path / "recipes"
+    book.mkdir()
+    (book / "pooled.yaml").write_text(textwrap.dedent("""\
+        title: Pooled
+        seeds: [0, 1]
+        sweeps: [[experiment=sphere, "score.sigma=0.1,0.2"]]
+        table:
+          groups: [{label: s1, run: [experiment=sphere, score.sigma=0.1]}, {label: s2, run: [experiment=sphere, score.sigma=0.2]}]
+          rows: [geodesic]
+          columns:
+            - {metric: psnr_minus_lerp, label: dPSNR, better: higher, pooled: true}
+            - {metric: converged, label: converged, pooled: true}
+        figures:
+          - name: gain
+            kind: paired
+            method: geodesic
+            y: {metric: psnr_minus_lerp}
+            x: {from: level}
+            groups: [{label: s1, series: a, x: 0.1, run: [experiment=sphere, score.sigma=0.1]},
+                     {label: s2, series: a, x: 0.2, run: [experiment=sphere, score.sigma=0.2]}]
+        """))
+    out = tmp_path / "out"
+    rng = np.random.default_rng(0)
+    diffs = {}
+    for sigma in (0.1, 0.2):
+        diffs[sigma] = []
+        for seed in (0, 1):
+            run = out / "sphere" / f"score.sigma={sigma}" / f"seed={seed}"
+            lerp = rng.normal(10, 1, 6)
+            d = rng.normal(sigma * 10, 0.5, 6)
+            diffs[sigma] += list(d)
+            rows = [row(p, "lerp", "psnr", lerp[p]) for p in range(6)]
+            rows += [row(p, "geodesic", "psnr", lerp[p] + d[p]) for p in range(6)]
+            rows += [row(p, "geodesic", "converged", float(p % 3 != 0)) for p in range(6)]
+            write_run(run, {"geodesic": {"psnr": 0.0}, "lerp": {"psnr": 0.0}})
+            atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    csv = (out / "tables" / "pooled.csv").read_text().splitlines()
+    md = (out / "tables" / "pooled.md").read_text()
+    for sigma, label in ((0.1, "s1"), (0.2, "s2")):
+        d = np.asarray(diffs[sigma])
+        means = d[np.random.default_rng(0).integers(0, 12, (10_000, 12))].mean(1)
+        lo, hi = np.quantile(means, [0.025, 0.975])
+        line = next(li for li in md.splitlines() if li.startswith(f"| {label} "))
+        assert f"{d.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]" in line, (line, d.mean(), lo, hi)
+        assert "| 0.667 |" in line  # 8 of 12 solves converged, pooled over both seeds
+        rec = next(r for r in csv if r.startswith(f",{label},geodesic,psnr_minus_lerp"))
+        assert rec.split(",")[6] == "12"  # n counts pairs
+    assert "pooled over the pairs of all seeds (12 pairs in every cell)" in md
+    for suffix in ("png", "pdf", "md"):
+        assert (out / "figures" / f"gain.{suffix}").stat().st_size > 0
+    points = tables.paired_points(recipes.load(book / "pooled.yaml").figures[0],
+                                  [tables.rc.RunLocator(out, [], []).locate(g, [0, 1])
+                                   for g in recipes.load(book / "pooled.yaml").figures[0].groups])
+    assert [p["x"] for p in points] == [0.1, 0.2]
+    assert [round(p["y"].mean, 12) for p in points] == [round(float(np.mean(diffs[s])), 12) for s in (0.1, 0.2)]

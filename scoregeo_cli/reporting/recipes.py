@@ -133,6 +133,9 @@ class Column:
     metric: str
     label: str
     better: str | float  # "lower" | "higher" | "none" | a target value (closest is best)
+    # pooled: over the pairs of all seeds (metrics.jsonl): a paired difference ("<m>_minus_lerp")
+    # as mean [95% bootstrap interval], any other metric as its mean; else mean ± std over seeds
+    pooled: bool = False
 
     @property
     def arrow(self) -> str:
@@ -159,6 +162,9 @@ class Group:
     run: list[str]       # overrides naming the configuration, experiment=... first
     experiment: str      # the experiment_name (the folder under output_root)
     file: str | None = None  # panels only: this panel's image glob, instead of the figure's
+    series: str | None = None  # paired figures: the line this group is a point of
+    style: str | None = None   # paired figures: how its line is drawn (ladder | mismatch | exact | plain)
+    x: float | None = None     # paired figures with x from: level: this point's x
 
 
 @dataclass
@@ -181,6 +187,9 @@ class Figure:
     ncols: int = 0
     metrics: list[dict] = field(default_factory=list)  # plot: [{metric, label, log}]
     caption: str = ""
+    method: str = "geodesic"   # paired: the method whose difference to LERP is drawn
+    y: dict = field(default_factory=dict)  # paired: {metric: <m>_minus_lerp, label}
+    x: dict = field(default_factory=dict)  # paired: {from: level, label, log} or {metric, method, label, log}
 
 
 @dataclass
@@ -233,9 +242,17 @@ def _group(path: Path, raw: Any, conf_dir: Path) -> Group:
         _fail(path, f"a group's 'run' must name its experiment (experiment=...): {run}")
     if set(plain) & {"seed"}:
         _fail(path, f"a group's 'run' may not set seed (the recipe's 'seeds' do): {run}")
+    style = raw.get("style")
+    if style is not None and style not in STYLES:
+        _fail(path, f"a group's 'style' must be one of {', '.join(STYLES)}, got {style!r}")
+    x = raw.get("x")
+    if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+        _fail(path, f"a group's 'x' must be a number, got {x!r}")
     return Group(label=str(raw.get("label", " ".join(run))), run=run,
                  experiment=experiment_name(plain["experiment"], conf_dir),
-                 file=str(raw["file"]) if raw.get("file") else None)
+                 file=str(raw["file"]) if raw.get("file") else None,
+                 series=str(raw["series"]) if raw.get("series") is not None else None,
+                 style=style, x=None if x is None else float(x))
 
 
 def _better(path: Path, value: Any) -> str | float:
@@ -264,8 +281,10 @@ def _table(path: Path, raw: dict, conf_dir: Path) -> Table:
                 c = {"metric": c}
             if "metric" not in c:
                 _fail(path, f"each column needs 'metric', got {c!r}")
+            if not isinstance(c.get("pooled", False), bool):
+                _fail(path, f"a column's 'pooled' must be true or false, got {c.get('pooled')!r}")
             cols.append(Column(metric=c["metric"], label=str(c.get("label", c["metric"])),
-                               better=_better(path, c.get("better", "none"))))
+                               better=_better(path, c.get("better", "none")), pooled=bool(c.get("pooled", False))))
         if not cols:
             _fail(path, "each table section needs at least one column")
         sections.append(Section(title=sec.get("title"), columns=cols))
@@ -282,7 +301,11 @@ def _figure(path: Path, raw: dict, table: Table | None, conf_dir: Path) -> Figur
     name = raw.get("name")
     if not name:
         _fail(path, "each figure needs a 'name' (its file name in outputs/figures/)")
-    kind = "plot" if "plot" in raw else "panels"
+    kind = raw.get("kind") or ("plot" if "plot" in raw else "panels")
+    if kind not in ("plot", "panels", "paired"):
+        _fail(path, f"figure {name}: 'kind' must be panels, plot or paired, got {kind!r}")
+    if kind == "paired":
+        return _paired_figure(path, name, raw, conf_dir)
     if kind == "panels":
         groups = [_group(path, g, conf_dir) for g in raw.get("panels") or []]
         if not groups or not (raw.get("file") or all(g.file for g in groups)):
@@ -296,6 +319,26 @@ def _figure(path: Path, raw: dict, table: Table | None, conf_dir: Path) -> Figur
     if not groups or not metrics or not all("metric" in m for m in metrics):
         _fail(path, f"figure {name}: 'plot' needs 'metrics' and groups (its own or the table's)")
     return Figure(name=name, kind=kind, groups=groups, metrics=metrics, caption=str(raw.get("caption", "")))
+
+
+def _paired_figure(path: Path, name: str, raw: dict, conf_dir: Path) -> Figure:
+    """A paired-difference figure: y = a method's per-pair difference to LERP (mean, 95%
+    interval over the pooled pairs), x = each group's ``x`` (``x: {from: level}``) or the
+    pooled mean of a per-pair metric of a method (``x: {metric, method}``); one line per
+    ``series``."""
+    groups = [_group(path, g, conf_dir) for g in raw.get("groups") or []]
+    y, x = raw.get("y") or {}, raw.get("x") or {}
+    if not groups or not isinstance(y, dict) or not str(y.get("metric", "")).endswith("_minus_lerp"):
+        _fail(path, f"figure {name}: a paired figure needs 'groups' and 'y: {{metric: <metric>_minus_lerp}}'")
+    if not isinstance(x, dict) or not (x.get("from") == "level" or x.get("metric")):
+        _fail(path, f"figure {name}: 'x' must be {{from: level}} or {{metric: ..., method: ...}}")
+    if x.get("from") == "level" and any(g.x is None for g in groups):
+        _fail(path, f"figure {name}: with x from level every group needs its 'x'")
+    return Figure(name=name, kind="paired", groups=groups, caption=str(raw.get("caption", "")),
+                  method=str(raw.get("method", "geodesic")), y=dict(y), x=dict(x))
+
+
+STYLES = ("ladder", "mismatch", "exact", "plain")
 
 
 def load(path: Path, conf_dir: Path = CONF_DIR) -> Recipe:

@@ -6,8 +6,12 @@ and renders it; ``tables`` renders every recipe from what is already in the outp
 A table cell aggregates over seeds: each run's ``summary.json`` holds, per method and
 metric, the mean over its pairs (or points); the cell is the mean and sample standard
 deviation of those per-seed means, with n the number of seeds (non-finite ones left out and
-flagged with a dagger). The best value of each column is marked
-within each group of rows (bold in Markdown and LaTeX, ``best`` in the CSV).
+flagged with a dagger). A ``pooled`` column pools the pairs of all seeds instead (each run's
+``metrics.jsonl``): a difference to LERP (``<metric>_minus_lerp``) is the mean of the
+per-pair differences with a 95% percentile bootstrap interval over the pooled pairs
+(``stats.paired_bootstrap``), any other metric its mean over the pooled pairs; n counts pairs.
+The best value of each column is marked within each group of rows (bold in Markdown and
+LaTeX, ``best`` in the CSV).
 """
 
 from __future__ import annotations
@@ -81,6 +85,84 @@ class Cell:
 
     def text(self) -> str:
         return f"{fmt(self.mean)} ± {fmt(self.std, 2)} (n={self.n})" + (" †" if self.dropped else "")
+
+
+@dataclass
+class PooledCell:
+    """A pooled column's cell: the mean over the pairs of all seeds, and for a difference to
+    LERP its 95% bootstrap interval (``ci_low``, ``ci_high``); n counts pairs."""
+
+    mean: float
+    n: int
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    paired: bool = False
+    best: bool = False
+    dropped: bool = False  # some pairs were non-finite and left out
+
+    @property
+    def std(self) -> float:  # the CSV's column: a pooled cell has an interval instead
+        return math.nan
+
+    def text(self) -> str:
+        from scoregeo_cli.reporting.stats import format_interval
+
+        if self.paired:
+            out = format_interval({"mean": self.mean, "ci_low": self.ci_low, "ci_high": self.ci_high, "n": self.n},
+                                  spec="+.2f" if abs(self.mean) >= 0.1 or self.mean == 0 else "+.2g")
+        else:
+            out = fmt(self.mean)
+        return out + (" †" if self.dropped else "")
+
+
+BASELINE_SUFFIX = "_minus_lerp"
+
+
+def read_pair_rows(run_dir: Path) -> list[dict]:
+    """A finished run's metrics.jsonl rows (one sentence if it cannot be read)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise ScoregeoError(f"{path} of a finished run cannot be read ({cause}); rerun=true remakes it: "
+                            f"`{replay_command(run_dir)} rerun=true`") from None
+
+
+def pair_values(located: rc.Located) -> dict[tuple[str, str], dict[tuple[int, int], float]]:
+    """{(method, metric): {(seed, pair): value}} over the finished seeds of one group."""
+    out: dict = {}
+    for seed, run_dir in located.runs.items():
+        if run_dir is None:
+            continue
+        for r in read_pair_rows(run_dir):
+            if int(r.get("pair", -1)) >= 0:
+                out.setdefault((r["method"], r["metric"]), {})[(seed, int(r["pair"]))] = float(r["value"])
+    return out
+
+
+def pooled_cell(values: dict, method: str, metric: str) -> PooledCell | None:
+    """The pooled cell of ``metric`` for ``method`` (see the module docstring), or None."""
+    from scoregeo_cli.reporting.stats import paired_bootstrap
+
+    if metric.endswith(BASELINE_SUFFIX):
+        base = metric[:-len(BASELINE_SUFFIX)]
+        mine, ref = values.get((method, base)), values.get(("lerp", base))
+        if not mine or not ref or method == "lerp":
+            return None
+        keys = sorted(set(mine) & set(ref))
+        stat = paired_bootstrap([mine[k] - ref[k] for k in keys])
+        if stat["n"] == 0:
+            return None
+        return PooledCell(stat["mean"], stat["n"], stat["ci_low"], stat["ci_high"], paired=True,
+                          dropped=stat["dropped"] > 0)
+    data = values.get((method, metric))
+    if not data:
+        return None
+    finite = [v for v in data.values() if math.isfinite(v)]
+    if not finite:
+        return None
+    return PooledCell(sum(finite) / len(finite), len(finite), dropped=len(finite) < len(data))
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -176,9 +258,23 @@ class Rendered:
         legend = {"↓": "↓ lower is better", "↑": "↑ higher is better"}
         parts = [legend.get(m, f"{m} closest to {m[1:]} is best") for m in marks]
         within = f" within each {t.group_header}" if len(t.groups) > 1 else ""
-        lines = [
-            "Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or "
-            "points); n = number of seeds.",
+        columns = [c for s, _ in self.sections for c in s.columns]
+        pooled = [c for c in columns if c.pooled]
+        lines = []
+        if len(pooled) < len(columns):
+            lines.append("Cells: mean ± std over seeds of each run's own mean (its summary.json, over its pairs or "
+                         "points); n = number of seeds" + (" (columns not listed below)." if pooled else "."))
+        if pooled:
+            counts = sorted({c.n for s, rows in self.sections for _, _, cells in rows
+                             for c, col in zip(cells, s.columns) if col.pooled and c is not None})
+            n_text = (f"{counts[0]} pairs in every cell" if len(counts) == 1
+                      else f"{counts[0]} to {counts[-1]} pairs per cell (the CSV gives each n)")
+            lines.append(
+                f"{', '.join(c.label for c in pooled)}: pooled over the pairs of all seeds ({n_text}); a "
+                "difference to LERP is the mean of per-pair differences (same pairs, same noise) with its 95% "
+                "percentile bootstrap interval (10,000 resamples of the pairs), any other pooled column the "
+                "mean over pairs.")
+        lines += [
             f"Bold: best in its column{within} ({'; '.join(parts) or 'no column is ranked'}; "
             "columns without an arrow are not ranked"
             + (f"; {', '.join(t.reference_rows)}: reference, not ranked" if t.reference_rows else "")
@@ -186,7 +282,7 @@ class Rendered:
         ]
         if any(c is not None and c.dropped for _, rows in self.sections for _, _, cells in rows for c in cells):
             lines.append("†: some pairs (or whole seeds) gave NaN/Inf and are left out of this mean; "
-                         "n counts the seeds that remain.")
+                         "n counts the seeds (pooled columns: the pairs) that remain.")
         lines += [
             f"Commit: {self.commit}.",
             "Runs (`<output_root>/<experiment>/<override_dirname>/seed=<k>`) and the command behind "
@@ -207,15 +303,21 @@ def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], com
     if missing and not partial:
         raise MissingRuns(expected_folders(locator, missing))
     per_group = [aggregate(loc) for loc in located]
+    pooled = any(c.pooled for sec in table.sections for c in sec.columns)
+    per_pair = [pair_values(loc) if pooled else {} for loc in located]
     sections = []
     for section in table.sections:
         lines = []
-        for loc, (cells, methods) in zip(located, per_group):
+        for loc, (cells, methods), values in zip(located, per_group, per_pair):
             methods = level_sorted(methods) if table.rows == "all" else table.rows
-            block = [(loc.group.label, m, [cells.get((m, c.metric)) for c in section.columns]) for m in methods]
+
+            def cell(m, c):
+                return pooled_cell(values, m, c.metric) if c.pooled else cells.get((m, c.metric))
+
+            block = [(loc.group.label, m, [cell(m, c) for c in section.columns]) for m in methods]
             for j, col in enumerate(section.columns):
                 mark_best([row[2][j] for row in block], col.better)
-            reference = [(loc.group.label, m, [cells.get((m, c.metric)) for c in section.columns])
+            reference = [(loc.group.label, m, [cell(m, c) for c in section.columns])
                          for m in table.reference_rows]
             lines += block + reference
         sections.append((section, lines))
@@ -316,6 +418,8 @@ def render_figure(recipe: rc.Recipe, fig: rc.Figure, locator: rc.RunLocator, see
                   out_dir: Path, commit: str, partial: bool) -> list[Path]:
     if fig.kind == "panels":
         return _panels(recipe, fig, locator, seeds, out_dir, commit, partial)
+    if fig.kind == "paired":
+        return _paired(recipe, fig, locator, seeds, out_dir, commit, partial)
     return _plot(recipe, fig, locator, seeds, out_dir, commit, partial)
 
 
@@ -424,6 +528,100 @@ def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
     caption = out_dir / f"{fig.name}.md"
     atomic_write_text(caption, _caption(recipe, fig, target, sources, commit))
     return [target, caption]
+
+
+# line and marker of a series by its group's style
+SERIES_STYLE = {"exact": {"color": "k", "marker": "*", "ms": 9, "lw": 2.0},
+                "ladder": {"marker": "o", "ms": 4, "lw": 1.4},
+                "mismatch": {"marker": "s", "ms": 5, "lw": 1.0, "ls": "--"},
+                "plain": {"marker": "o", "ms": 4, "lw": 1.2}}
+
+
+def paired_points(fig: rc.Figure, located: list[rc.Located]) -> list[dict]:
+    """Per group of a paired figure: its series, style, x and the pooled paired y cell."""
+    points = []
+    for loc in located:
+        values = pair_values(loc)
+        y = pooled_cell(values, fig.method, fig.y["metric"])
+        if fig.x.get("from") == "level":
+            x = loc.group.x
+        else:
+            cell = pooled_cell(values, fig.x.get("method", fig.method), fig.x["metric"])
+            x = None if cell is None else cell.mean
+        if y is None or x is None:
+            continue
+        points.append({"series": loc.group.series or loc.group.label, "style": loc.group.style or "plain",
+                       "label": loc.group.label, "x": float(x), "y": y})
+    return points
+
+
+def _paired(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
+    """y: a method's paired difference to LERP, mean and 95% interval over the pooled pairs;
+    x: each group's level, or the pooled mean of a per-pair metric; one line per series."""
+    located = [locator.locate(g, seeds) for g in fig.groups]
+    missing = [(loc, s) for loc in located for s in loc.missing]
+    if missing and not partial:
+        raise MissingRuns(expected_folders(locator, missing))
+    points = paired_points(fig, located)
+    if not points:
+        raise ScoregeoError(f"{recipe.name}: figure {fig.name} has no finished point to draw")
+    plt = _plt()
+    f, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    by_x = fig.x.get("from") == "level"
+    log = bool(fig.x.get("log", False))
+    positive = [p["x"] for p in points if p["x"] > 0]
+    floor = (min(positive) / 3 if positive else 1e-3) if log else None
+    series = list(dict.fromkeys(p["series"] for p in points))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, name in enumerate(series):
+        pts = sorted((p for p in points if p["series"] == name), key=lambda p: p["x"])
+        color = colors[k % len(colors)]
+        for style in dict.fromkeys(p["style"] for p in pts):
+            group = [p for p in pts if p["style"] == style]
+            look = {"color": color, **SERIES_STYLE.get(style, SERIES_STYLE["plain"])}
+            xs = [p["x"] if not (log and p["x"] <= 0) else floor for p in group]
+            ys = [p["y"].mean for p in group]
+            lo = [p["y"].mean - p["y"].ci_low for p in group]
+            hi = [p["y"].ci_high - p["y"].mean for p in group]
+            joined = by_x or style == "ladder"
+            label = name if by_x else f"{name} ({style})"
+            if by_x:
+                ax.fill_between(xs, [p["y"].ci_low for p in group], [p["y"].ci_high for p in group],
+                                color=look["color"], alpha=0.12, lw=0)
+                ax.plot(xs, ys, label=label, **look)
+            else:
+                ax.errorbar(xs, ys, yerr=[lo, hi], capsize=2, elinewidth=0.8, label=label,
+                            **{**look, "ls": look.get("ls", "-") if joined else "none"})
+    ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
+    if log:
+        ax.set_xscale("log")
+    if log and not by_x and any(p["x"] <= 0 for p in points):
+        ax.axvline(floor, color="0.7", lw=0.6)
+        ax.annotate("exact score (error 0)", (floor, ax.get_ylim()[1]), fontsize=7, ha="left", va="top",
+                    rotation=90, color="0.4")
+    if by_x:
+        ax.set_xticks(sorted({p["x"] for p in points}))
+        ax.set_xticklabels([f"{x:g}" for x in sorted({p["x"] for p in points})])
+        ax.minorticks_off()
+    ax.set_xlabel(fig.x.get("label", fig.x.get("metric", "level")))
+    ax.set_ylabel(fig.y.get("label", fig.y["metric"]))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    n = sorted({p["y"].n for p in points})
+    ax.set_title(f"{recipe.title}\n{fig.name}: mean, 95% paired bootstrap interval "
+                 f"(n = {n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} pairs)", fontsize=8)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in ("png", "pdf"):
+        target = out_dir / f"{fig.name}.{suffix}"
+        f.savefig(target, dpi=150)
+        written.append(target)
+    plt.close(f)
+    sources = [f"{loc.group.label}: `{loc.pattern()}` (`{loc.command()}`)"
+               + (f" MISSING seed {', '.join(map(str, loc.missing))}" if loc.missing else "") for loc in located]
+    caption = out_dir / f"{fig.name}.md"
+    atomic_write_text(caption, _caption(recipe, fig, written[0], sources, commit))
+    return [*written, caption]
 
 
 # --------------------------------------------------------------------------- one recipe
