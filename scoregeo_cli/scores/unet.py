@@ -41,10 +41,22 @@ PACKAGED = CHECKPOINT_DIR / "rotated_digits_unet.safetensors"
 # Checkpoints shipped in the package, by the name ``score.checkpoint`` accepts.
 PACKAGED_NAMES = {"unet_digits": PACKAGED,
                   "unet_mnist": CHECKPOINT_DIR / "unet_mnist.safetensors",
-                  "unet_orbit": CHECKPOINT_DIR / "unet_orbit.safetensors"}
+                  "unet_orbit": CHECKPOINT_DIR / "unet_orbit.safetensors",
+                  # the ladder of unet_orbit (README, "Learned versus exact"): EMA snapshots at
+                  # steps 150 and 400 of a 1000-step run, and the same recipe run to 3000 steps
+                  "unet_orbit_s150": CHECKPOINT_DIR / "unet_orbit_s150.safetensors",
+                  "unet_orbit_s400": CHECKPOINT_DIR / "unet_orbit_s400.safetensors",
+                  "unet_orbit_3k": CHECKPOINT_DIR / "unet_orbit_3k.safetensors"}
 FORMAT = "scoregeo-unet/1"
 STATE_FILE = "train_state.pt"
 EXPORT_NAME = "unet.safetensors"
+# how each packaged checkpoint was trained (the file to take from the training folder)
+TRAINED_BY = {"unet_orbit_s150": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
+                                  "unet_step150.safetensors"),
+              "unet_orbit_s400": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
+                                  "unet_step400.safetensors"),
+              "unet_orbit_3k": ("scoregeo train experiment=unet_orbit score.train.steps=3000 "
+                                "score.train.export_dtype=float16", EXPORT_NAME)}
 SAMPLE_SHAPE = (1, 28, 28)
 
 DEFAULT_ARCHITECTURE = {"block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8}
@@ -85,7 +97,7 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     snapshot; loading casts back to float32) and the JSON beside it; returns ``path``."""
     from safetensors.torch import save_file
 
-    from scoregeo_cli.reporting.results import atomic_write_json
+    from scoregeo_cli.reporting.results import atomic_write_json, new_file_mode
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -94,6 +106,7 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
+    os.chmod(tmp, new_file_mode())  # the mode any new file gets (umask), as results are written
     os.replace(tmp, path)
     atomic_write_json(path.with_suffix(".json"), {
         "format": FORMAT, "unet": _plain_config(model.config), "scheduler": _plain_config(scheduler_config),
@@ -111,8 +124,9 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None, key: str = "score.c
     if str(checkpoint) in PACKAGED_NAMES:
         packaged = PACKAGED_NAMES[str(checkpoint)]
         if not packaged.is_file() or not packaged.with_suffix(".json").is_file():
+            command, name = TRAINED_BY.get(str(checkpoint), (f"scoregeo train experiment={checkpoint}", EXPORT_NAME))
             raise ScoregeoError(f"the packaged UNet checkpoint {checkpoint} ({packaged}) is missing; train it with "
-                                f"`scoregeo train experiment={checkpoint}` and pass {key}=<its path>")
+                                f"`{command}` and pass {key}=<the {name} it writes>")
         return packaged
     path = Path(str(checkpoint)).expanduser()
     if path.is_dir():
@@ -283,13 +297,14 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
                warmup: int = 100, weight_decay: float = 0.0, grad_clip: float = 1.0, ema_decay: float = 0.999,
                checkpoint_every: int = 200, model: dict | None = None, schedule: dict | None = None,
                fid_samples: int = 64, sample_steps: int = 50, test_loss_samples: int = 512,
-               threads: int | None = None, snapshots=()) -> Path:
+               threads: int | None = None, snapshots=(), export_dtype: str = "float32") -> Path:
     """Train an eps-prediction UNet on rotated digits of ``cfg.dataset``; return the exported
     EMA checkpoint ``<out_dir>/unet.safetensors`` (see the module docstring).
 
     ``snapshots``: steps (< ``steps``) at which the EMA weights are also exported, in float16,
     as ``<out_dir>/unet_step<N>.safetensors`` with their held-out eps-MSE per level: a ladder of
-    one training run at increasing steps (they do not change the run itself)."""
+    one training run at increasing steps (they do not change the run itself). ``export_dtype``:
+    float32 or float16 (half the file; loading casts back to float32) for the final weights."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -308,6 +323,8 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         raise ScoregeoError(f"score.train.test_loss_samples must be at least 1, got {test_loss_samples}")
     if fid_samples and int(fid_samples) < 2:
         raise ScoregeoError(f"score.train.fid_samples must be 0 (no FID) or at least 2, got {fid_samples}")
+    if export_dtype not in ("float32", "float16"):
+        raise ScoregeoError(f"score.train.export_dtype must be float32 or float16, got {export_dtype!r}")
     snapshots = sorted({int(n) for n in (snapshots or ())})
     if snapshots and not 1 <= snapshots[0] <= snapshots[-1] < int(steps):
         raise ScoregeoError(f"score.train.snapshots must be steps between 1 and steps - 1 = {int(steps) - 1}, "
@@ -417,7 +434,12 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         print(f"DDIM samples ({sample_steps} steps): FID {record['sample_fid']:.1f}, KID {record['sample_kid']:.4f} "
               f"against {fid_samples} real rotated digits (real vs real at this size: FID "
               f"{record['real_vs_real_fid']:.1f}); grid in {out_dir / 'samples.png'}")
-    return save_checkpoint(out_dir / EXPORT_NAME, exported, scheduler.config, record)
+    if export_dtype == "float16":
+        record["eps_mse_per_t"] = eps_mse_per_level(copy.deepcopy(exported).half().float(), dataset,
+                                                    alphas_cumprod_from(scheduler.config))
+        record["eps_mse_per_t_note"] += "; of the float16-stored weights"
+    return save_checkpoint(out_dir / EXPORT_NAME, exported, scheduler.config, record,
+                           dtype=getattr(torch, export_dtype))
 
 
 FID_TARGET = 2.0  # a model worth testing samples within this factor of real-vs-real FID at the same size
@@ -428,7 +450,9 @@ def save_snapshot(path: Path, net, ema, scheduler, dataset, step: int, settings:
     snapshot = copy.deepcopy(net)
     ema.copy_to(snapshot.parameters())
     snapshot.eval().requires_grad_(False)
-    record = {"source": dataset.source, "train_split": dataset.train_split,
+    command = path.parent / "command.sh"
+    record = {"command": command.read_text().strip() if command.exists() else None,
+              "source": dataset.source, "train_split": dataset.train_split,
               "train_digits": len(dataset.images(dataset.train_split)),
               "train_angles": list(dataset.train_angles), "steps": int(step), **settings,
               "snapshot_note": f"EMA weights at step {step} of a {settings.get('of_steps')}-step run "
