@@ -61,6 +61,7 @@ class Prepared:
     n_pairs: int
     metric: object
     plan: Plan
+    exact: object = None  # eval.score_error: the exact orbit score the run's score is measured against
 
 
 class ImageTask:
@@ -127,11 +128,12 @@ class ImageTask:
         weights.require_lpips(ev.lpips_net)
         if ev.fid:
             weights.require_inception()
-        return Prepared(dataset, shooter, methods, gen, score, space, n_pairs, metric, plan)
+        exact = exact_score(score, dataset) if ev.get("score_error") else None
+        return Prepared(dataset, shooter, methods, gen, score, space, n_pairs, metric, plan, exact)
 
     def run(self, cfg: DictConfig, run_dir: Path, prepared: "Prepared | None" = None) -> list[dict]:
         run_dir, ev = Path(run_dir), cfg.eval
-        dataset, shooter, methods, gen, score, space, n_pairs, metric, plan = astuple_shallow(
+        dataset, shooter, methods, gen, score, space, n_pairs, metric, plan, exact = astuple_shallow(
             prepared or self.prepare(cfg))
         n_nodes = plan.nodes
         eps = torch.randn(n_pairs, score.dim, generator=gen, dtype=torch.float64)
@@ -162,6 +164,8 @@ class ImageTask:
                                         ev.lpips_net, memo)
                 if hasattr(dataset, "orbit"):
                     rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
+                if exact is not None:
+                    rows += _score_error_rows(batch, score, exact, results)
                 if truth is not None and denoised_ends is not None:
                     true_ends = torch.stack([truth[:, 0], truth[:, -1]], 1)
                     roundtrip = _framewise(denoised_ends, true_ends, ev.lpips_net)
@@ -328,6 +332,42 @@ def _orbit_rows(batch, dataset, space, results, frames, fractions, step: float) 
         err = (grid[nearest] - ideal).abs()
         values["angle_error"], values["angle_error_max"] = err.mean(-1), err.amax(-1)
         rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
+    return rows
+
+
+def exact_score(score, dataset):
+    """``eval.score_error``: the exact score of the orbit set at the run's level and schedule
+    (the run's own score when it is that oracle); one sentence where it is undefined."""
+    from scoregeo_cli.scores.orbit import OrbitScore, orbit_score
+
+    if getattr(dataset, "pair_split", None) != "orbit_set":
+        raise ScoregeoError("eval.score_error measures the score against the exact score of the orbit set; "
+                            "it needs rotated digits with dataset.pair_split=orbit_set")
+    if isinstance(score, OrbitScore):
+        return score
+    if not hasattr(score, "alphas_cumprod") or not hasattr(score, "t"):
+        raise ScoregeoError(f"eval.score_error needs a score on the diffusion levels (a UNet or score=orbit), "
+                            f"not {type(score).__name__}")
+    return orbit_score(dataset, t=score.t, alphas_cumprod=score.alphas_cumprod)
+
+
+@torch.no_grad()
+def _score_error_rows(batch, score, exact, results) -> list[dict]:
+    """``score_error``: per pair, the run's score against the exact orbit-set score on the
+    interior nodes of each method's path at level t, sum |s - s*|^2 / sum |s*|^2 over them
+    (``scores/fidelity.py``'s relative error on the points the method visits; 0 for the oracle)."""
+    rows = []
+    for method, result in results.items():
+        if not result.at_level:
+            continue
+        if result.error is not None:
+            rows += [row(p, method, "score_error", float("nan")) for p in batch]
+            continue
+        inner = result.path[:, 1:-1]
+        flat = inner.reshape(-1, inner.shape[-1])
+        s, e = score(flat).double().reshape(inner.shape), exact(flat).double().reshape(inner.shape)
+        ratio = ((s - e) ** 2).sum((-1, -2)) / (e ** 2).sum((-1, -2))
+        rows += [row(p, method, "score_error", float(ratio[k])) for k, p in enumerate(batch)]
     return rows
 
 
