@@ -309,7 +309,8 @@ def build_table(recipe: rc.Recipe, locator: rc.RunLocator, seeds: list[int], com
     for section in table.sections:
         lines = []
         for loc, (cells, methods), values in zip(located, per_group, per_pair):
-            methods = level_sorted(methods) if table.rows == "all" else table.rows
+            # a method the group's runs did not run is left out of its block
+            methods = level_sorted(methods) if table.rows == "all" else [m for m in table.rows if m in methods]
 
             def cell(m, c):
                 return pooled_cell(values, m, c.metric) if c.pooled else cells.get((m, c.metric))
