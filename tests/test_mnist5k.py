@@ -216,3 +216,26 @@ def test_unet_orbit_predicts_the_noise_of_its_orbits():
         s = score(noise_to(x0, eps, 400, score.alphas_cumprod))
     cosine = (s * eps).sum(-1) / (s.norm(dim=-1) * eps.norm(dim=-1))
     assert float(cosine.mean()) < -0.95
+
+
+def test_the_unet_orbit_ladder_gets_closer_to_its_data_with_training():
+    """The ladder of unet_orbit (float16 snapshots at 150 and 400 steps, the 1000-step model):
+    the held-out eps-MSE on the orbit set falls rung by rung at every level measured, and
+    each snapshot's record says what it is."""
+    import json
+
+    from scoregeo_cli.scores.unet import PACKAGED_NAMES, eps_mse_per_level, load_checkpoint
+
+    data = RotatedDigits(pair_split="orbit_set", train_split="orbit_set")
+    ladder = ["unet_orbit_s150", "unet_orbit_s400", "unet_orbit"]
+    errors = []
+    for name in ladder:
+        model, abar, meta = load_checkpoint(name)
+        assert next(model.parameters()).dtype == torch.float32
+        errors.append(eps_mse_per_level(model, data, abar, levels=(50, 200), n=64, seed=5))
+        record = json.loads(PACKAGED_NAMES[name].with_suffix(".json").read_text())["training"]
+        assert record["train_split"] == "orbit_set" and record["steps"] in (150, 400, 1000)
+        assert PACKAGED_NAMES[name].stat().st_size < 5_000_000
+    for level in ("50", "200"):
+        values = [e[level] for e in errors]
+        assert values == sorted(values, reverse=True), (level, values)

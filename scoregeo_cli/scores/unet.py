@@ -43,10 +43,9 @@ PACKAGED_NAMES = {"unet_digits": PACKAGED,
                   "unet_mnist": CHECKPOINT_DIR / "unet_mnist.safetensors",
                   "unet_orbit": CHECKPOINT_DIR / "unet_orbit.safetensors",
                   # the ladder of unet_orbit (README, "Learned versus exact"): EMA snapshots at
-                  # steps 150 and 400 of a 1000-step run, and the same recipe run to 3000 steps
+                  # steps 150 and 400 of a rerun of its 1000-step command
                   "unet_orbit_s150": CHECKPOINT_DIR / "unet_orbit_s150.safetensors",
-                  "unet_orbit_s400": CHECKPOINT_DIR / "unet_orbit_s400.safetensors",
-                  "unet_orbit_3k": CHECKPOINT_DIR / "unet_orbit_3k.safetensors"}
+                  "unet_orbit_s400": CHECKPOINT_DIR / "unet_orbit_s400.safetensors"}
 FORMAT = "scoregeo-unet/1"
 STATE_FILE = "train_state.pt"
 EXPORT_NAME = "unet.safetensors"
@@ -54,9 +53,7 @@ EXPORT_NAME = "unet.safetensors"
 TRAINED_BY = {"unet_orbit_s150": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
                                   "unet_step150.safetensors"),
               "unet_orbit_s400": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
-                                  "unet_step400.safetensors"),
-              "unet_orbit_3k": ("scoregeo train experiment=unet_orbit score.train.steps=3000 "
-                                "score.train.export_dtype=float16", EXPORT_NAME)}
+                                  "unet_step400.safetensors")}
 SAMPLE_SHAPE = (1, 28, 28)
 
 DEFAULT_ARCHITECTURE = {"block_out_channels": [16, 32, 64], "layers_per_block": 1, "norm_num_groups": 8}
