@@ -580,6 +580,8 @@ def _paired(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]
         for style in dict.fromkeys(p["style"] for p in pts):
             group = [p for p in pts if p["style"] == style]
             look = {"color": color, **SERIES_STYLE.get(style, SERIES_STYLE["plain"])}
+            if not by_x:  # series are not scores here (e.g. levels): each keeps its own colour
+                look["color"] = color
             xs = [p["x"] if not (log and p["x"] <= 0) else floor for p in group]
             ys = [p["y"].mean for p in group]
             lo = [p["y"].mean - p["y"].ci_low for p in group]
