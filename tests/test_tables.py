@@ -393,3 +393,18 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
                                    for g in recipes.load(book / "pooled.yaml").figures[0].groups])
     assert [p["x"] for p in points] == [0.1, 0.2]
     assert [round(p["y"].mean, 12) for p in points] == [round(float(np.mean(diffs[s])), 12) for s in (0.1, 0.2)]
+
+
+def test_a_group_names_its_values_as_a_sweep_job_records_them(tmp_path):
+    """Hydra records `solver.gtol=1e-5` as `solver.gtol=1e-05` (and `False` for false): a group
+    written either way names the same runs as the sweep that makes them."""
+    path = tmp_path / "fmt.yaml"
+    path.write_text(textwrap.dedent("""\
+        title: Formats
+        sweeps: [[experiment=sphere, solver.gtol=1e-5, eval.figure=false]]
+        table:
+          groups: [{label: g, run: [experiment=sphere, solver.gtol=1e-5, eval.figure=false]}]
+          columns: [psnr]
+        """))
+    recipe = recipes.load(path)
+    assert recipe.table.groups[0].run == ["experiment=sphere", "solver.gtol=1e-05", "eval.figure=False"]

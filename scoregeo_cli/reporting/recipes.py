@@ -242,6 +242,7 @@ def _group(path: Path, raw: Any, conf_dir: Path) -> Group:
         _fail(path, f"a group's 'run' must name its experiment (experiment=...): {run}")
     if set(plain) & {"seed"}:
         _fail(path, f"a group's 'run' may not set seed (the recipe's 'seeds' do): {run}")
+    run = expand(run)[0]  # values as a sweep's job records them (1e-5 -> 1e-05)
     style = raw.get("style")
     if style is not None and style not in STYLES:
         _fail(path, f"a group's 'style' must be one of {', '.join(STYLES)}, got {style!r}")
