@@ -600,7 +600,7 @@ def _paired(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]
         ax.set_xscale("log")
     if log and not by_x and any(p["x"] <= 0 for p in points):
         ax.axvline(floor, color="0.7", lw=0.6)
-        ax.annotate("exact score (error 0)", (floor, ax.get_ylim()[1]), fontsize=7, ha="left", va="top",
+        ax.annotate(" exact score (error 0)", (floor, ax.get_ylim()[0]), fontsize=7, ha="right", va="bottom",
                     rotation=90, color="0.4")
     if by_x:
         ax.set_xticks(sorted({p["x"] for p in points}))
