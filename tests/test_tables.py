@@ -88,6 +88,15 @@ def write_run(run_dir: Path, means: dict, overrides: list[str] | None = None, do
         mark_done(run_dir)
 
 
+def recipe_book(tmp_path, monkeypatch, name: str, text: str) -> Path:
+    """A recipe folder holding ``<name>.yaml`` (dedented ``text``), rendered at a fixed commit."""
+    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
+    book = tmp_path / "recipes"
+    book.mkdir()
+    (book / f"{name}.yaml").write_text(textwrap.dedent(text))
+    return book
+
+
 @pytest.fixture
 def demo(tmp_path, monkeypatch):
     """A recipe folder holding demo.yaml and an output root with all four runs finished."""
@@ -264,10 +273,7 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
-    book = tmp_path / "recipes"
-    book.mkdir()
-    (book / "noise.yaml").write_text(textwrap.dedent("""\
+    book = recipe_book(tmp_path, monkeypatch, "noise", """\
         title: Noise
         seeds: [0, 1]
         sweeps: [[experiment=sphere]]
@@ -281,7 +287,7 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
           - name: panels
             file: "*.png"
             panels: [{label: sphere 0, run: [experiment=sphere]}, {label: sphere 1, run: [experiment=sphere], file: sub/b.png}]
-        """))
+        """)
     out = tmp_path / "out"
     for seed in (0, 1):
         run = out / "sphere" / "default" / f"seed={seed}"
@@ -336,10 +342,7 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
 
     from scoregeo_cli.reporting.results import atomic_write_text, row
 
-    monkeypatch.setattr(tables, "git_commit", lambda: "abc1234")
-    book = tmp_path / "recipes"
-    book.mkdir()
-    (book / "pooled.yaml").write_text(textwrap.dedent("""\
+    book = recipe_book(tmp_path, monkeypatch, "pooled", """\
         title: Pooled
         seeds: [0, 1]
         sweeps: [[experiment=sphere, "score.sigma=0.1,0.2"]]
@@ -357,7 +360,7 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
             x: {from: level}
             groups: [{label: s1, series: a, x: 0.1, run: [experiment=sphere, score.sigma=0.1]},
                      {label: s2, series: a, x: 0.2, run: [experiment=sphere, score.sigma=0.2]}]
-        """))
+        """)
     out = tmp_path / "out"
     rng = np.random.default_rng(0)
     diffs = {}
