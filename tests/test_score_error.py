@@ -41,3 +41,27 @@ def test_score_error_needs_the_orbit_set():
     data = RotatedDigits(pair_split="test")
     with pytest.raises(ScoregeoError, match="dataset.pair_split=orbit_set"):
         exact_score(object(), data)
+
+
+def test_blend_scales_the_model_error_by_alpha_squared_and_refuses_bad_settings():
+    """score=blend: s* + a (s_theta - s*) has a^2 times the model's relative squared error on
+    any points, is the exact score at a = 0 and the model at a = 1."""
+    from scoregeo_cli.scores.blend import blend_score
+    from scoregeo_cli.scores.fidelity import relative_score_error
+    from scoregeo_cli.spaces.ddim import noise_to
+
+    data = RotatedDigits(pair_split="orbit_set")
+    x0 = (data.rotated_batch("orbit_set", 8, torch.Generator().manual_seed(1)) * 2 - 1).flatten(1).double()
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    blend = blend_score(data, "unet_orbit", alpha=0.5, t=200, angle_step=2.0)
+    x = noise_to(x0, eps, 200, blend.alphas_cumprod)
+    model = relative_score_error(blend.learned, blend.exact, x)
+    assert model > 0.001
+    assert relative_score_error(blend, blend.exact, x) == pytest.approx(0.25 * model, rel=1e-9)
+    for alpha, expected in ((0.0, 0.0), (1.0, model)):
+        other = blend_score(data, "unet_orbit", alpha=alpha, t=200, angle_step=2.0)
+        assert relative_score_error(other, other.exact, x) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    with pytest.raises(ScoregeoError, match=r"score.alpha must lie in \[0, 1\]"):
+        blend_score(data, alpha=1.5)
+    with pytest.raises(ScoregeoError, match="dataset.pair_split=orbit_set"):
+        blend_score(RotatedDigits(pair_split="test"), alpha=0.5)

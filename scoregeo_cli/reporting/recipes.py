@@ -339,7 +339,7 @@ def _paired_figure(path: Path, name: str, raw: dict, conf_dir: Path) -> Figure:
                   method=str(raw.get("method", "geodesic")), y=dict(y), x=dict(x))
 
 
-STYLES = ("ladder", "mismatch", "exact", "plain")
+STYLES = ("ladder", "mismatch", "exact", "blend", "plain")
 
 
 def load(path: Path, conf_dir: Path = CONF_DIR) -> Recipe:

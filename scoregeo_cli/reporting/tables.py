@@ -535,6 +535,7 @@ def _plot(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]:
 SERIES_STYLE = {"exact": {"color": "k", "marker": "*", "ms": 9, "lw": 2.0},
                 "ladder": {"marker": "o", "ms": 4, "lw": 1.4},
                 "mismatch": {"marker": "s", "ms": 5, "lw": 1.0, "ls": "--"},
+                "blend": {"marker": "D", "ms": 4, "lw": 1.0, "ls": ":"},
                 "plain": {"marker": "o", "ms": 4, "lw": 1.2}}
 
 
@@ -586,7 +587,7 @@ def _paired(recipe, fig, locator, seeds, out_dir, commit, partial) -> list[Path]
             ys = [p["y"].mean for p in group]
             lo = [p["y"].mean - p["y"].ci_low for p in group]
             hi = [p["y"].ci_high - p["y"].mean for p in group]
-            joined = by_x or style == "ladder"
+            joined = by_x or style in ("ladder", "blend")
             label = name if by_x else f"{name} ({style})"
             if by_x:
                 ax.fill_between(xs, [p["y"].ci_low for p in group], [p["y"].ci_high for p in group],
