@@ -450,6 +450,7 @@ class RunLocator:
         self.extras = list(extras)
         self.requires = list(requires)
         self.rule = DirnameRule.from_conf(conf_dir)
+        self._jobs: dict[tuple[Path, bool], list] = {}  # finished runs per experiment folder (_recorded)
 
     def _located(self, group: Group, overrides: list[str], seeds: list[int],
                  runs: dict[int, Path] | None = None) -> Located:
@@ -480,18 +481,9 @@ class RunLocator:
         base = self.rule.experiment_dir(self.root, group.experiment)
         if not base.is_dir():
             return None
-        for file in base.rglob("overrides.yaml"):
-            run_dir = file.parent.parent
-            if file.parent.name != ".hydra" or not results.is_done(run_dir):
+        for run_dir, seed, key, own in self._recorded(base, match_required):
+            if seed not in seeds or key != want:
                 continue
-            try:
-                job = [str(o) for o in yaml.safe_load(file.read_text()) or []]
-                seed = int(values(job).get("seed", "0"))
-            except (yaml.YAMLError, ValueError, ScoregeoError):
-                continue
-            if seed not in seeds or self._key(job, match_required) != want:
-                continue
-            own = values(job)
             required = tuple(f"{k}={own[k]}" for k in self.requires if k in own)
             candidates.setdefault(required, {})[seed] = run_dir
         if not candidates:
@@ -499,6 +491,25 @@ class RunLocator:
         required, runs = max(candidates.items(), key=lambda kv: (
             len(kv[1]), max((results_mtime(p) for p in kv[1].values()), default=0)))
         return self._located(group, [*group.run, *self.extras, *required], seeds, runs)
+
+    def _recorded(self, base: Path, match_required: bool) -> list[tuple[Path, int, frozenset, dict]]:
+        """(run folder, seed, key, recorded values) of every finished run under ``base``: its
+        ``.hydra/overrides.yaml`` is read and parsed once per locator, not once per group."""
+        if (base, match_required) not in self._jobs:
+            jobs = []
+            for file in base.rglob("overrides.yaml"):
+                run_dir = file.parent.parent
+                if file.parent.name != ".hydra" or not results.is_done(run_dir):
+                    continue
+                try:
+                    job = [str(o) for o in yaml.safe_load(file.read_text()) or []]
+                    own = values(job)
+                    seed = int(own.get("seed", "0"))
+                except (yaml.YAMLError, ValueError, ScoregeoError):
+                    continue
+                jobs.append((run_dir, seed, self._key(job, match_required), own))
+            self._jobs[base, match_required] = jobs
+        return self._jobs[base, match_required]
 
     def _key(self, overrides: list[str], match_required: bool = False) -> frozenset:
         skip = set(self.rule.exclude_keys) | (set() if match_required else set(self.requires))
