@@ -200,6 +200,29 @@ def test_training_resumes_exactly_after_an_interruption(tiny_checkpoint, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_snapshots_leave_the_run_unchanged_and_float16_export_is_the_same_weights(tiny_checkpoint, tmp_path):
+    """score.train.snapshots exports the EMA weights at a step without touching the run: the
+    final weights equal an unsnapshotted run's; export_dtype=float16 stores those weights
+    rounded to float16; out-of-range snapshots and unknown dtypes are one sentence."""
+    from safetensors.torch import load_file
+
+    from scoregeo_cli.scores.unet import load_checkpoint, train_unet
+
+    straight, cfg, kwargs = tiny_checkpoint
+    final = train_unet(cfg, tmp_path, **kwargs, snapshots=[2], export_dtype="float16")
+    snapshot = tmp_path / "unet_step2.safetensors"
+    a, b, c = load_file(str(straight)), load_file(str(final)), load_file(str(snapshot))
+    assert all(b[k].dtype == torch.float16 and c[k].dtype == torch.float16 for k in a)
+    assert all(torch.equal(a[k].half(), b[k]) for k in a)  # the snapshot changed nothing
+    assert any(not torch.equal(b[k], c[k]) for k in a)      # and is another step's weights
+    _, _, meta = load_checkpoint(snapshot)
+    assert meta["weights_dtype"] == "float16" and meta["training"]["steps"] == 2
+    for bad, match in (({"snapshots": [4]}, "snapshots must be steps between 1 and steps - 1 = 3"),
+                       ({"export_dtype": "bfloat16"}, "export_dtype must be float32 or float16")):
+        with pytest.raises(ScoregeoError, match=match):
+            train_unet(cfg, tmp_path / "bad", **{**kwargs, **bad})
+
+
 def test_end_to_end_run_on_two_pairs(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     checkpoint = tiny_checkpoint[0]
     cmd = ["run", "experiment=rotated_mnist", f"output_root={tmp_path}",

@@ -31,7 +31,7 @@ from scoregeo_cli import paths
 from scoregeo_cli.reporting import progress
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.reporting.results import atomic_write_text, is_done, summarize
+from scoregeo_cli.reporting.results import BASELINE, atomic_write_text, is_done, summarize
 
 LEVEL = re.compile(r"^([A-Za-z_][\w.]*)=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 
@@ -115,7 +115,7 @@ class PooledCell:
         return out + (" †" if self.dropped else "")
 
 
-BASELINE_SUFFIX = "_minus_lerp"
+BASELINE_SUFFIX = f"_minus_{BASELINE}"  # the paired columns summary.json has too
 
 
 def read_pair_rows(run_dir: Path) -> list[dict]:
@@ -124,9 +124,7 @@ def read_pair_rows(run_dir: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        raise ScoregeoError(f"{path} of a finished run cannot be read ({cause}); rerun=true remakes it: "
-                            f"`{replay_command(run_dir)} rerun=true`") from None
+        raise unreadable(run_dir, path, err) from None
 
 
 def pair_values(located: rc.Located) -> dict[tuple[str, str], dict[tuple[int, int], float]]:
@@ -147,8 +145,8 @@ def pooled_cell(values: dict, method: str, metric: str) -> PooledCell | None:
 
     if metric.endswith(BASELINE_SUFFIX):
         base = metric[:-len(BASELINE_SUFFIX)]
-        mine, ref = values.get((method, base)), values.get(("lerp", base))
-        if not mine or not ref or method == "lerp":
+        mine, ref = values.get((method, base)), values.get((BASELINE, base))
+        if not mine or not ref or method == BASELINE:
             return None
         keys = sorted(set(mine) & set(ref))
         stat = paired_bootstrap([mine[k] - ref[k] for k in keys])
@@ -183,9 +181,14 @@ def read_summary(run_dir: Path) -> dict:
             raise ValueError("not a summary of {method: {metric: {mean, std, n}}}")
         return summary
     except (OSError, ValueError, UnicodeDecodeError) as err:
-        cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        raise ScoregeoError(f"{path} of a finished run cannot be read ({cause}); rerun=true remakes it: "
-                            f"`{replay_command(run_dir)} rerun=true`") from None
+        raise unreadable(run_dir, path, err) from None
+
+
+def unreadable(run_dir: Path, path: Path, err: Exception) -> ScoregeoError:
+    """One sentence: a file of a finished run cannot be read, and the command that remakes it."""
+    cause = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+    return ScoregeoError(f"{path} of a finished run cannot be read ({cause}); rerun=true remakes it: "
+                         f"`{replay_command(run_dir)} rerun=true`")
 
 
 def replay_command(run_dir: Path) -> str:

@@ -409,19 +409,18 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     ema.copy_to(exported.parameters())
     exported.eval().requires_grad_(False)
     tail = losses[-100:]
-    record = {"command": (out_dir / "command.sh").read_text().strip() if (out_dir / "command.sh").exists() else None,
-              "source": dataset.source, "train_split": dataset.train_split,
-              "train_digits": len(dataset.images(dataset.train_split)),
-              "train_angles": list(dataset.train_angles), "steps": int(step),
+    stored = exported if export_dtype == "float32" else copy.deepcopy(exported).half().float()
+    record = {"command": _command(out_dir), **_data_record(dataset), "steps": int(step),
               "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
               "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
               "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples)),
               "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} digits of the "
                                     f"{dataset.heldout_split} split at uniform training angles and levels",
-              "eps_mse_per_t": eps_mse_per_level(exported, dataset, alphas_cumprod_from(scheduler.config)),
-              "eps_mse_per_t_note": f"eps-MSE of the EMA weights at fixed levels t, 256 digits of the "
-                                    f"{dataset.heldout_split} split at uniform training angles (same noise at every t)",
+              "eps_mse_per_t": eps_mse_per_level(stored, dataset, alphas_cumprod_from(scheduler.config)),
+              "eps_mse_per_t_note": f"eps-MSE of the EMA weights as stored ({export_dtype}) at fixed levels t, 256 "
+                                    f"digits of the {dataset.heldout_split} split at uniform training angles (same "
+                                    "noise at every t)",
               "device": f"cpu ({torch.get_num_threads()} threads)"}
     print(f"trained {step} steps in {seconds:.0f} s; final loss {record['final_loss']:.4f}, "
           f"EMA held-out loss {record['ema_test_loss']:.4f}")
@@ -431,10 +430,6 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         print(f"DDIM samples ({sample_steps} steps): FID {record['sample_fid']:.1f}, KID {record['sample_kid']:.4f} "
               f"against {fid_samples} real rotated digits (real vs real at this size: FID "
               f"{record['real_vs_real_fid']:.1f}); grid in {out_dir / 'samples.png'}")
-    if export_dtype == "float16":
-        record["eps_mse_per_t"] = eps_mse_per_level(copy.deepcopy(exported).half().float(), dataset,
-                                                    alphas_cumprod_from(scheduler.config))
-        record["eps_mse_per_t_note"] += "; of the float16-stored weights"
     return save_checkpoint(out_dir / EXPORT_NAME, exported, scheduler.config, record,
                            dtype=getattr(torch, export_dtype))
 
@@ -442,16 +437,24 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
 FID_TARGET = 2.0  # a model worth testing samples within this factor of real-vs-real FID at the same size
 
 
+def _command(out_dir: Path) -> str | None:
+    """The command a training folder's command.sh replays, if it has one."""
+    path = Path(out_dir) / "command.sh"
+    return path.read_text().strip() if path.exists() else None
+
+
+def _data_record(dataset) -> dict:
+    """What a checkpoint's record says of the data it was trained on."""
+    return {"source": dataset.source, "train_split": dataset.train_split,
+            "train_digits": len(dataset.images(dataset.train_split)), "train_angles": list(dataset.train_angles)}
+
+
 def save_snapshot(path: Path, net, ema, scheduler, dataset, step: int, settings: dict) -> Path:
     """Export the EMA weights at ``step`` of a running training as a float16 checkpoint."""
     snapshot = copy.deepcopy(net)
     ema.copy_to(snapshot.parameters())
     snapshot.eval().requires_grad_(False)
-    command = path.parent / "command.sh"
-    record = {"command": command.read_text().strip() if command.exists() else None,
-              "source": dataset.source, "train_split": dataset.train_split,
-              "train_digits": len(dataset.images(dataset.train_split)),
-              "train_angles": list(dataset.train_angles), "steps": int(step), **settings,
+    record = {"command": _command(path.parent), **_data_record(dataset), "steps": int(step), **settings,
               "snapshot_note": f"EMA weights at step {step} of a {settings.get('of_steps')}-step run "
                                "(cosine learning-rate schedule over the whole run), stored in float16",
               "eps_mse_per_t": eps_mse_per_level(snapshot.half().float(), dataset,

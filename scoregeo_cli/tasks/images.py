@@ -343,8 +343,9 @@ def exact_score(score, dataset):
     if getattr(dataset, "pair_split", None) != "orbit_set":
         raise ScoregeoError("eval.score_error measures the score against the exact score of the orbit set; "
                             "it needs rotated digits with dataset.pair_split=orbit_set")
-    if isinstance(score, OrbitScore):
-        return score
+    for candidate in (score, getattr(score, "exact", None)):  # the oracle itself, or score=blend's
+        if isinstance(candidate, OrbitScore):
+            return candidate
     if not hasattr(score, "alphas_cumprod") or not hasattr(score, "t"):
         raise ScoregeoError(f"eval.score_error needs a score on the diffusion levels (a UNet or score=orbit), "
                             f"not {type(score).__name__}")
