@@ -163,7 +163,7 @@ class Group:
     experiment: str      # the experiment_name (the folder under output_root)
     file: str | None = None  # panels only: this panel's image glob, instead of the figure's
     series: str | None = None  # paired figures: the line this group is a point of
-    style: str | None = None   # paired figures: how its line is drawn (ladder | mismatch | exact | plain)
+    style: str | None = None   # paired figures: how its line is drawn (ladder | mismatch | exact | blend | plain)
     x: float | None = None     # paired figures with x from: level: this point's x
 
 
