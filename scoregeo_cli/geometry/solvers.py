@@ -504,9 +504,11 @@ class GaussNewtonSolver:
     Float32 scores (``float32_gtol`` set): a relative gradient of 1e-8 is below float32's
     rounding, so a score that computes in float32 (``score_is_float32``) gets
     ``float32_gtol`` instead. With ``etol`` > 0 a pair has also converged when its energy is
-    stable: a step, damped by at most mu's unit, changed the energy by less than ``etol``
-    relative and the model predicted no more; energy changes below 16 float32 rounding units
-    then count as no change (in the acceptance test too). A metric without
+    stable: its last accepted step changed the energy by less than ``etol`` relative, and the
+    Gauss-Newton model predicts that a full, undamped step would lower it by no more (checked
+    at each linearisation; the undamped step costs a K x K solve, no network pass). Energy
+    changes below 16 float32 rounding units then count as no change (in the acceptance test
+    too). A metric without
     residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
 
     Coarse-to-fine (``levels``): the geodesic is first solved on paths of ``levels[0]``,
@@ -686,6 +688,7 @@ class GaussNewtonSolver:
         mu = torch.zeros(p, dtype=dtype, device=dev)  # Levenberg-Marquardt damping
         nu = torch.full((p,), 2.0, dtype=dtype, device=dev)  # Nielsen's growth factor
         nielsen = self.damping == "nielsen"
+        last_gain = torch.full((p,), float("inf"), dtype=dtype, device=dev)  # of each pair's last accepted step
         # energy changes below 16 rounding units are noise: of the path's dtype, or of float32,
         # the precision networks run in, when etol asks for a float32-reachable criterion
         self._floor = 16 * torch.finfo(torch.float32 if etol > 0 else dtype).eps
@@ -701,6 +704,11 @@ class GaussNewtonSolver:
                 state.grad_norm0 = norm.clone()
             gnorm[active] = norm
             conv = norm <= gtol * state.grad_norm0[active]
+            if etol > 0:  # energy stable: the last step and the undamped model's promise both < etol
+                undamped, _ = gauss_newton_step(model, metric.lam, path[active], r, u, g, None)
+                promise = -0.5 * (undamped * grad).flatten(1).sum(-1)
+                limit_e = etol * energy[active].abs()
+                conv = conv | ((promise <= limit_e) & (last_gain[active] <= limit_e))
             state.converged[active] |= conv
             done[active] |= conv
             if exhausted():
@@ -733,17 +741,13 @@ class GaussNewtonSolver:
                 rho = gain / pred.clamp_min(1e-300)
                 ok = (rho > 1e-4) | ((pred <= floor) & (gain >= -floor))
                 acc = sel[ok]
+                last_gain[active[acc]] = gain[ok].abs()
                 path[active[acc]] = trial[ok]
                 energy[active[acc]] = e_trial[ok]
                 if bool(ok.any()):
                     pieces.append((active[sel], ev_trial, ok))
                 pending[acc] = False
                 scale = mu_unit[active[sel]]
-                if etol > 0:  # energy stable: a lightly damped step that changed it by < etol, as predicted
-                    limit_e = etol * e0[sel].abs()
-                    stable = ok & (gain.abs() <= limit_e) & (pred <= limit_e) & (mu_sel <= scale)
-                    state.converged[active[sel[stable]]] = True
-                    done[active[sel[stable]]] = True
                 if nielsen:
                     nu_sel = nu[active[sel]]
                     shrink = (1 - (2 * rho - 1) ** 3).clamp(min=1 / 3, max=1.0)
