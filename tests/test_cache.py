@@ -230,6 +230,18 @@ def test_a_geodesic_solve_is_reused_exactly_and_only_for_the_same_score_metric_s
     solve(score, the_ends=Endpoints(b, a, b, a))
     solve(score, max_evals=19)
     assert cache.report()["geodesic"] == {"reused": 1, "computed": 5}
+    # a new revision of the solver's algorithm solves anew
+    revised = type("Revised", (GaussNewtonSolver,), {"revision": GaussNewtonSolver.revision + 1})
+    plan = Plan(nodes=6, metric=SteinMetric(score, lam=100.0), solver=revised(nodes=6, max_evals=20),
+                shooter=None, extrapolate=False, cache=cache)
+    Geodesic()(ends, plan, torch.Generator())
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 6}
+    GaussNewtonSolver.revision, saved = GaussNewtonSolver.revision + 1, GaussNewtonSolver.revision
+    try:
+        solve(score)
+    finally:
+        GaussNewtonSolver.revision = saved
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 7}
     # a score that cannot be keyed is never cached
     solve(EmpiricalScore(circle, 0.3))
-    assert cache.report()["geodesic"] == {"reused": 1, "computed": 5}
+    assert cache.report()["geodesic"] == {"reused": 1, "computed": 7}

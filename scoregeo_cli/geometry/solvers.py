@@ -541,6 +541,7 @@ class GaussNewtonSolver:
     """
 
     DAMPING = ("lm", "nielsen")
+    revision = 2  # of the algorithm: the solve cache keys on it (2: the undamped energy criterion)
 
     def __init__(self, nodes: int = 16, max_evals: int = 200, gtol: float = 1e-8, warm_start: int = 0,
                  max_damping: float = 1e12, levels=(), coarse_quadrature: str | None = None,

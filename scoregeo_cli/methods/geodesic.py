@@ -125,7 +125,8 @@ def _parameters(obj) -> str | None:
 def solve_key(metric, solver, ends: Endpoints) -> str | None:
     """The cache key of one batched solve: the score (its ``fingerprint()``: network weights or
     reference set, and schedule), its level, chunking and dtype, the metric's and solver's
-    settings, and the exact endpoints; None when any of them cannot be keyed."""
+    settings, the solver's ``revision`` (a class attribute bumped when its algorithm changes
+    the paths it returns) and the exact endpoints; None when any of them cannot be keyed."""
     from scoregeo_cli.cache import digest
 
     score = metric.score
@@ -134,7 +135,7 @@ def solve_key(metric, solver, ends: Endpoints) -> str | None:
     if fingerprint is None or None in settings:
         return None
     return digest("geodesic solve", type(score).__name__, fingerprint(), getattr(score, "t", None),
-                  getattr(score, "chunk_size", None), *settings, ends.a, ends.b)
+                  getattr(score, "chunk_size", None), *settings, getattr(solver, "revision", 0), ends.a, ends.b)
 
 
 class CachedSolve:
