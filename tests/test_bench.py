@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from scoregeo_cli import bench
 
 
@@ -15,6 +17,9 @@ def test_bench_records_passes_convergence_and_the_reference_error(tmp_path, caps
         assert r["network_passes_per_pair"] > 0 and r["converged"] in (0, 1) and r["pairs"] == 1
         # forward points + backward points x the measured cost of a backward pass
         assert r["network_passes_per_pair"] >= r["fwd_eq"] * 1 * 15 * 4 * 0.999  # one pair, 15 segments x 4 points
+        assert r["network_passes_per_pair"] == pytest.approx(
+            r["forward_passes_per_pair"] + r["vjp_cost"] * r["backward_passes_per_pair"], rel=1e-12)
+        assert r["forward_passes_per_pair"] >= r["score_evals"] * 6  # at least the coarsest level's 3 x 2 points
     gn = records[-1]
     assert gn["g_length_error"] < 1e-2 and gn["ref_node_error"] < 1e-2
     assert gn["energy"] <= records[1]["energy"]  # Gauss-Newton minimises; the fixed point does not
