@@ -13,8 +13,9 @@ sphere the distance to the metric's own geodesic (``geometry.truth``), and the r
 ``adam_reference`` measured in the same run. ``network_passes_per_pair``: the same cost in
 single-point network passes per pair (forward points + backward points x the measured VJP
 cost, over the pairs); ``seconds_per_pair``; with ``--reference``, ``g_length_error`` and
-``ref_node_error`` against a fine reference (``reference_solve``); ``forward_passes_per_pair`` and ``backward_passes_per_pair``: the
-two counts apart (a run's ``network_passes_per_pair`` is their sum). Printed as a table and
+``ref_node_error`` against a fine reference (``reference_solve``); ``forward_passes_per_pair``
+and ``backward_passes_per_pair``: the two counts apart (a run's ``network_passes_per_pair``
+is their sum). Printed as a table and
 written as JSON. Without ``--solvers`` the UNet gets the fixed point and the default only.
 """
 

@@ -508,8 +508,8 @@ class GaussNewtonSolver:
     Gauss-Newton model predicts that a full, undamped step would lower it by no more (checked
     at each linearisation; the undamped step costs a K x K solve, no network pass). Energy
     changes below 16 float32 rounding units then count as no change (in the acceptance test
-    too). A metric without
-    residual linearisation (no ``evaluate``) is handed to L-BFGS with the same budget.
+    too). A metric without residual linearisation (no ``evaluate``) is handed to L-BFGS with
+    the same budget.
 
     Coarse-to-fine (``levels``): the geodesic is first solved on paths of ``levels[0]``,
     ``levels[1]``, ... nodes (to ``coarse_gtol``, with the quadrature rule
@@ -705,11 +705,13 @@ class GaussNewtonSolver:
                 state.grad_norm0 = norm.clone()
             gnorm[active] = norm
             conv = norm <= gtol * state.grad_norm0[active]
-            if etol > 0:  # energy stable: the last step and the undamped model's promise both < etol
-                undamped, _ = gauss_newton_step(model, metric.lam, path[active], r, u, g, None)
-                promise = -0.5 * (undamped * grad).flatten(1).sum(-1)
-                limit_e = etol * energy[active].abs()
-                conv = conv | ((promise <= limit_e) & (last_gain[active] <= limit_e))
+            limit_e = etol * energy[active].abs()
+            quiet = (last_gain[active] <= limit_e) & ~conv  # candidates of the energy criterion
+            if etol > 0 and bool(quiet.any()):  # energy stable: the undamped model promises < etol too
+                q = quiet.nonzero().squeeze(1)
+                undamped, _ = gauss_newton_step(model, metric.lam, path[active[q]], r[q], u[q], g[q], None)
+                promise = -0.5 * (undamped * grad[q]).flatten(1).sum(-1)
+                conv[q] = promise <= limit_e[q]
             state.converged[active] |= conv
             done[active] |= conv
             if exhausted():
