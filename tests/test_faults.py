@@ -162,7 +162,7 @@ def test_kill_repeatedly_during_a_six_run_sweep(launcher, tmp_path):
 # ----------------------------------------------------------------- two processes, one folder
 
 def test_second_process_on_a_run_folder_refuses(tmp_path, monkeypatch, capsys):
-    args = ["run", "experiment=sphere", "n_pairs=16", "eval.figure=false"]
+    args = ["run", "experiment=sphere", "n_pairs=48", "eval.figure=false"]  # long enough to overlap: ~3 s of solving
     root = tmp_path / "out"
     first = start([*args, f"output_root={root}"], tmp_path, tmp_path / "first.log")
     lock = lambda: next(root.rglob(results.LOCK), None)  # noqa: E731
