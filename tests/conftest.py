@@ -12,7 +12,6 @@ import scoregeo_cli  # noqa: F401  (sets HF_HUB_OFFLINE and the torchvision impo
 from scoregeo_cli.app import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
 from scoregeo_cli.scores.base import ScoreField
+
+# The LPIPS authors' example images (richzhang/PerceptualSimilarity, BSD-2-Clause; see
+# tests/data/lpips/README.md), carried with the tests so that a bare clone has them.
+LPIPS_IMAGES = Path(__file__).resolve().parent / "data" / "lpips"
+
+
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
+    """``actual`` equals ``expected`` up to ``rel`` times the largest magnitude of ``expected``
+    (element-wise and in the maximum norm): float32 networks give results that differ with the
+    batch size and the CPU's vector instructions by a few rounding units of the values they
+    produce, so an absolute tolerance that ignores their size fails on some machines."""
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale)
 
 
 class TanhField(ScoreField):

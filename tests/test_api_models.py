@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import scoregeo_cli as sg
+from helpers import assert_close_to_scale
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = Path(sg.__file__).resolve().parent / "checkpoints" / "rotated_digits_unet.safetensors"
@@ -57,7 +58,8 @@ def test_unet_score_is_minus_eps_over_sigma(unet):
     assert torch.allclose(score(x.reshape(5, 64)), s.reshape(5, 64))  # flat points work too
     assert score.calls == 2 and score.points == 10 and score.shape == (1, 8, 8) and score.t == 300
     chunked = sg.score_from_unet(unet, scheduler, 300, chunk_size=2)
-    assert torch.allclose(chunked(x), s, atol=1e-5) and chunked.calls == 1
+    assert_close_to_scale(chunked(x), s)  # other batch sizes: other float32 rounding
+    assert chunked.calls == 1
 
 
 def test_v_prediction_is_converted_to_the_noise_it_implies(unet):
@@ -124,9 +126,9 @@ def test_denoise_is_diffusers_ddim(unet):
         for t in scheduler.timesteps:
             ref = scheduler.step(unet(ref, t).sample, t, ref, eta=0.0).prev_sample
     ours = sg.denoise(unet, scheduler, x, 900, steps=9)
-    assert torch.allclose(ours, ref, atol=1e-5)
+    assert_close_to_scale(ours, ref)  # the random UNet's values reach ~100: relative to their size
     paths = torch.stack([x, x.flip(0)])  # (2, 3, 1, 8, 8): leading dimensions are batched
-    assert torch.allclose(sg.denoise(unet, scheduler, paths, 900, steps=9)[0], ours, atol=1e-6)
+    assert_close_to_scale(sg.denoise(unet, scheduler, paths, 900, steps=9)[0], ours)
 
 
 # ----------------------------------------------------------------------------- the packaged UNet against `scoregeo run`

@@ -10,7 +10,7 @@ from PIL import Image
 
 from scoregeo_cli.cli import main
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
+from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402
 
 
 def test_lpips_of_two_files_is_labelled_with_four_significant_digits(capsys):

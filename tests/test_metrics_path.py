@@ -12,7 +12,7 @@ from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.images import load_image, lpips_distance
 from scoregeo_cli.evaluation.path import consecutive_lpips, gini, path_metrics
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "lpips"
+from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402
 
 
 def test_path_metrics_by_hand():
