@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from scoregeo_cli import weights
+from scoregeo_cli.io import weights
 from scoregeo_cli.evaluation.images import (
     INCEPTION_RESIZES,
     fid_from_features,

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from scoregeo_cli import paths
-from scoregeo_cli.reporting import progress, results
+from scoregeo_cli.io import files, progress
+from scoregeo_cli.reporting import results
 from scoregeo_cli.build import check_config, check_finite, check_unique_methods, check_value, instantiate
 from scoregeo_cli.errors import ScoregeoError
 
@@ -179,7 +180,7 @@ def error_sentence(err: BaseException) -> str:
         return "out of memory; lower n_pairs, solver.nodes or task.pair_batch"
     if isinstance(err, OSError) and not isinstance(err, HydraException):
         writing = err.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST)
-        return results.os_error_sentence(err, "write to" if writing else "access")
+        return files.os_error_sentence(err, "write to" if writing else "access")
     return one_sentence(str(err)) or type(err).__name__
 
 
@@ -278,7 +279,7 @@ def check_job(cfg: DictConfig):
     (task, what prepare built), or None for a job that will be skipped."""
     check_types(cfg, [str(o) for o in cfg.hydra.overrides.task])
     folder = job_folder(cfg)
-    if folder is not None and not cfg.get("rerun") and results.is_done(folder):
+    if folder is not None and not cfg.get("rerun") and files.is_done(folder):
         check_same_run(folder, cfg.hydra)
         return None
     task = instantiate(cfg.task)
@@ -290,9 +291,9 @@ def record_config(run_dir: Path, cfg: DictConfig) -> None:
     writes itself with ``hydra.output_subdir``, written here only once the run folder's
     lock is held and the run is not skipped)."""
     hydra_dir = run_dir / ".hydra"
-    results.atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
-    results.atomic_write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
-    results.atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(HydraConfig.get().overrides.task))
+    files.atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    files.atomic_write_text(hydra_dir / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    files.atomic_write_text(hydra_dir / "overrides.yaml", OmegaConf.to_yaml(HydraConfig.get().overrides.task))
 
 
 REFUSALS = (ScoregeoError, OmegaConfBaseException, HydraException, OSError, MemoryError)
@@ -323,9 +324,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
         if held is None:
             check_types(cfg, overrides)
         apply_threads(cfg)
-        if not cfg.rerun and results.is_done(run_dir):
-            with results.run_lock(run_dir):
-                if results.is_done(run_dir):
+        if not cfg.rerun and files.is_done(run_dir):
+            with files.run_lock(run_dir):
+                if files.is_done(run_dir):
                     check_same_run(run_dir)
                     print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
                     return None
@@ -341,19 +342,19 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
         _fail(err)
     # 2. the run: results written atomically, DONE last; a failure leaves nothing that looks complete
     try:
-        with results.run_lock(run_dir):
-            results.clear_done(run_dir)
+        with files.run_lock(run_dir):
+            files.clear_done(run_dir)
             try:
                 record_config(run_dir, cfg)
                 OmegaConf.resolve(cfg)
-                results.atomic_write_text(run_dir / "command.sh", _replay_command("run"), executable=True)
+                files.atomic_write_text(run_dir / "command.sh", _replay_command("run"), executable=True)
                 start = time.perf_counter()
                 rows = task.run(cfg, run_dir, prepared) if prepared is not None else task.run(cfg, run_dir)
                 summary = results.write_results(run_dir, rows)
-                results.mark_done(run_dir)
+                files.mark_done(run_dir)
             except BaseException:  # a failed run leaves no results that could pass for complete
                 with contextlib.suppress(Exception):
-                    results.clear_done(run_dir)
+                    files.clear_done(run_dir)
                 raise
     except REFUSALS as err:
         _fail(err)
@@ -381,9 +382,9 @@ def train_backbone(cfg: DictConfig) -> None:
         _fail(err)
     _ACTIVE["run_dir"] = out_dir
     try:
-        with results.run_lock(out_dir):
+        with files.run_lock(out_dir):
             record_config(out_dir, cfg)
-            results.atomic_write_text(out_dir / "command.sh", _replay_command("train"), executable=True)
+            files.atomic_write_text(out_dir / "command.sh", _replay_command("train"), executable=True)
             params = OmegaConf.to_container(cfg.score.train, resolve=True)
             trainer = hydra.utils.get_method(params.pop("_target_"))
             checkpoint = trainer(cfg=cfg, out_dir=out_dir, **params)

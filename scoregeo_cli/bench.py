@@ -36,7 +36,7 @@ from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.evaluation.geometry import TruthReference, truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
-from scoregeo_cli.reporting.results import atomic_write_json
+from scoregeo_cli.io.files import atomic_write_json
 
 SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton_plain", "gauss_newton")
 # what `scoregeo bench` runs on each problem without --solvers: the optimisers on the UNet take

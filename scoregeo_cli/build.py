@@ -234,7 +234,7 @@ def instantiate(node, *args, key: str | None = None, **kwargs):
         if isinstance(cause, ScoregeoError):
             raise cause from None
         if isinstance(cause, OSError):
-            from scoregeo_cli.reporting.results import os_error_sentence
+            from scoregeo_cli.io.files import os_error_sentence
 
             raise ScoregeoError(os_error_sentence(cause, "read")) from None
         if cause is None:
@@ -271,7 +271,7 @@ def build_score(cfg: DictConfig, **context) -> ScoreField:
         try:
             return score(**context)
         except OSError as err:
-            from scoregeo_cli.reporting.results import os_error_sentence
+            from scoregeo_cli.io.files import os_error_sentence
 
             raise ScoregeoError(os_error_sentence(err, "read")) from None
     except ScoregeoError as err:

@@ -18,7 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("scoregeo_cli.reporting.tables:reproduce_main",
                   "run the sweeps behind a paper table, then render it"),
     "tables": ("scoregeo_cli.reporting.tables:tables_main", "render every table and figure from outputs/"),
-    "weights": ("scoregeo_cli.weights:main", "provision offline LPIPS/Inception weights and MNIST digits"),
+    "weights": ("scoregeo_cli.io.weights:main", "provision offline LPIPS/Inception weights and MNIST digits"),
     "fidelity": ("scoregeo_cli.scores.fidelity:main",
                  "score models against the exact orbit score: relative error and round-trip PSNR per t"),
     "lpips": ("scoregeo_cli.evaluation.commands:lpips_main", "LPIPS distance between two image files"),
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from scoregeo_cli.errors import ScoregeoError
-    from scoregeo_cli.reporting import progress
+    from scoregeo_cli.io import progress
 
     try:
         with progress.activity(f"scoregeo {name}"):  # a log hears from a long command from its start
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scoregeo {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # `run` and `train` print their own line (scoregeo_cli.app)
-        from scoregeo_cli.reporting import progress
+        from scoregeo_cli.io import progress
 
         during = progress.current()
         progress.close_all()

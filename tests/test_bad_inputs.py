@@ -23,7 +23,7 @@ from helpers import invoke_cli
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
-from scoregeo_cli.reporting import results
+from scoregeo_cli.io import files
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGED_UNET = REPO / "scoregeo_cli" / "checkpoints" / "rotated_digits_unet"
@@ -80,7 +80,7 @@ def _finished_run_of_other_overrides(tmp: Path) -> list[str]:
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["n_pairs=2", "eval.figure=false", "metric.lam=5"]))
     (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"experiment": "sphere"}}}}))
     (run / "summary.json").write_text("{}\n")
-    (run / results.DONE).write_text("complete\n")
+    (run / files.DONE).write_text("complete\n")
     return [*FAST]
 
 
@@ -116,7 +116,7 @@ def _locked_run_folder(tmp: Path, monkeypatch) -> list[str]:
     """Another process (here: another open file description) holds the run folder's lock."""
     run = tmp / "out" / "sphere" / "eval.figure=false,n_pairs=2" / "seed=0"
     run.mkdir(parents=True)
-    fd = os.open(run / results.LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(run / files.LOCK, os.O_RDWR | os.O_CREAT)
     os.write(fd, b"4242\n")
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     _HELD.append(fd)
@@ -150,7 +150,7 @@ def _disk_full_at_summary(tmp: Path, monkeypatch) -> list[str]:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
-    monkeypatch.setattr(results.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
     return [*FAST]
 
 
@@ -262,7 +262,7 @@ def run_process(argv: list[str], cwd: Path) -> tuple[int, str]:
 def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SCOREGEO_PROGRESS_INTERVAL", "600")  # stderr: the sentence alone (progress: test_progress)
     argv = ["run", *_argv(setup, tmp_path, monkeypatch)]
-    planted = {p for p in tmp_path.rglob(results.DONE)}
+    planted = {p for p in tmp_path.rglob(files.DONE)}
     before = set(tmp_path.rglob("*"))
     try:
         if how == "in":
@@ -278,13 +278,13 @@ def test_bad_input_is_one_sentence(setup, words, how, tmp_path, monkeypatch, cap
     assert lines[0].startswith("scoregeo: error: ") and words in lines[0], err
     assert "Traceback" not in err
     # no DONE marker but one a set-up planted (a finished run that must stay as it was)
-    assert {p for p in tmp_path.rglob(results.DONE)} == planted
+    assert {p for p in tmp_path.rglob(files.DONE)} == planted
     # nothing looks complete: no summary other than the one a set-up planted
     assert all(p.read_text() == "{}\n" for p in tmp_path.rglob("summary.json"))
     # a refusal writes nothing at all (a full disk is a failure while writing: its results go)
     made = set(tmp_path.rglob("*")) - before
     if words.endswith("No space left on device"):
-        assert not [p for p in made if p.name in (results.DONE, "summary.json", "metrics.jsonl", results.LOCK)]
+        assert not [p for p in made if p.name in (files.DONE, "summary.json", "metrics.jsonl", files.LOCK)]
     else:
         assert not made, sorted(map(str, made))
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_close_to_scale, invoke_cli
 import torch
 
-from scoregeo_cli.cache import Cache, digest
+from scoregeo_cli.io.cache import Cache, digest
 
 
 def test_digest_sees_every_bit_dtype_and_shape():
@@ -169,7 +169,7 @@ def test_file_digest_is_the_sha256_of_the_bytes_and_follows_a_rewrite(tmp_path):
     import hashlib
     import os
 
-    from scoregeo_cli.cache import file_digest
+    from scoregeo_cli.io.cache import file_digest
 
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"a" * 3000)

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 from helpers import invoke_cli
 
-from scoregeo_cli.reporting import results
+from scoregeo_cli.io import files
 
 SEED = int(os.environ.get("SCOREGEO_FAULT_SEED", time.time_ns() % 100_000))
 SWEEP = ["run", "-m", "experiment=sphere", "seed=0,1,2", "metric.lam=10,1000", "n_pairs=2", "eval.figure=false"]
@@ -51,11 +51,11 @@ def comparable(summary: Path) -> str:
 
 def finished(root: Path) -> dict[str, Path]:
     """{run folder relative to root: folder} of runs with DONE."""
-    return {str(p.parent.relative_to(root)): p.parent for p in root.rglob(results.DONE)}
+    return {str(p.parent.relative_to(root)): p.parent for p in root.rglob(files.DONE)}
 
 
 def stamps(runs: dict[str, Path]) -> dict[str, tuple[int, int, int]]:
-    return {k: ((r / results.DONE).stat().st_mtime_ns, (r / "summary.json").stat().st_mtime_ns,
+    return {k: ((r / files.DONE).stat().st_mtime_ns, (r / "summary.json").stat().st_mtime_ns,
                 (r / "summary.json").stat().st_ino) for k, r in runs.items()}
 
 
@@ -165,7 +165,7 @@ def test_second_process_on_a_run_folder_refuses(tmp_path, monkeypatch, capsys):
     args = ["run", "experiment=sphere", "n_pairs=48", "eval.figure=false"]  # long enough to overlap: ~3 s of solving
     root = tmp_path / "out"
     first = start([*args, f"output_root={root}"], tmp_path, tmp_path / "first.log")
-    lock = lambda: next(root.rglob(results.LOCK), None)  # noqa: E731
+    lock = lambda: next(root.rglob(files.LOCK), None)  # noqa: E731
     held = wait_for(lambda: lock() is not None and lock().read_text().strip() == str(first.pid), proc=first)
     assert held, (tmp_path / "first.log").read_text()
     code, _, err = cli([*args, f"output_root={root}"], monkeypatch, capsys)
@@ -200,19 +200,19 @@ def test_failed_write_leaves_nothing_that_looks_complete(fails, tmp_path, monkey
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(fd)
 
-    monkeypatch.setattr(results.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
     code, out, err = cli([*args, "rerun=true"], monkeypatch, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and f"{fails}: No space left on device" in lines[0], err
     assert "Traceback" not in err
-    for name in (results.DONE, "summary.json", "metrics.jsonl"):  # the earlier run's and this one's
+    for name in (files.DONE, "summary.json", "metrics.jsonl"):  # the earlier run's and this one's
         assert not (run / name).exists(), name
     assert not list(run.glob(".*.tmp"))
 
-    monkeypatch.setattr(results.os, "fsync", real)
+    monkeypatch.setattr(files.os, "fsync", real)
     code, out, err = cli(args, monkeypatch, capsys)  # the same run again, without the fault
     assert code == 0 and "skipping" not in out, err
-    assert (run / results.DONE).exists() and comparable(run / "summary.json") == first
+    assert (run / files.DONE).exists() and comparable(run / "summary.json") == first
 
 
 # ---------------------------------------------------------------------------- same seed twice
@@ -257,7 +257,7 @@ def test_ctrl_c_prints_one_line_exit_130_then_resumes(tmp_path, monkeypatch, cap
     proc = subprocess.Popen([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = tmp_path / "out"
-    lock = lambda: next(root.rglob(results.LOCK), None)  # noqa: E731
+    lock = lambda: next(root.rglob(files.LOCK), None)  # noqa: E731
     assert wait_for(lambda: lock() is not None and lock().read_text().strip() == str(proc.pid), proc=proc)
     time.sleep(0.5)  # inside the solve
     assert proc.poll() is None, "the run ended before it could be interrupted; make it longer"
@@ -269,8 +269,8 @@ def test_ctrl_c_prints_one_line_exit_130_then_resumes(tmp_path, monkeypatch, cap
     assert len([line for line in lines if "interrupted" in line]) == 1, err
     assert lines[-1].startswith("scoregeo: interrupted during ") and "Adam solve" in lines[-1], err
     assert "of the run in " in lines[-1] and "run the same command again to resume" in lines[-1], err
-    assert not list(root.rglob(results.DONE)) and not list(root.rglob("summary.json"))
-    assert not list(root.rglob(results.LOCK)) and not list(root.rglob(".*.tmp"))
+    assert not list(root.rglob(files.DONE)) and not list(root.rglob("summary.json"))
+    assert not list(root.rglob(files.LOCK)) and not list(root.rglob(".*.tmp"))
 
     code, out, err = cli(args, monkeypatch, capsys)
     assert code == 0 and "skipping" not in out, err
@@ -320,7 +320,7 @@ def test_result_files_honour_the_umask_and_no_lock_stays(tmp_path, monkeypatch, 
             ".hydra/overrides.yaml", "paths.png"} <= set(modes)
     for name, mode in modes.items():
         assert mode == (0o777 if name == "command.sh" else 0o666) & ~mask, (name, oct(mode))
-    assert not list((tmp_path / "out").rglob(results.LOCK))
+    assert not list((tmp_path / "out").rglob(files.LOCK))
 
 
 def test_result_files_under_umask_027(tmp_path):
@@ -333,4 +333,4 @@ def test_result_files_under_umask_027(tmp_path):
     modes = _modes(run)
     assert modes.pop("command.sh") == 0o750
     assert set(modes.values()) == {0o640}, modes
-    assert not list((tmp_path / "out").rglob(results.LOCK))
+    assert not list((tmp_path / "out").rglob(files.LOCK))

@@ -23,7 +23,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2.functional import rotate
 
-from scoregeo_cli import weights
+from scoregeo_cli.io import weights
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.images import (

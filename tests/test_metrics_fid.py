@@ -17,7 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from scoregeo_cli import weights
+from scoregeo_cli.io import weights
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.images import (

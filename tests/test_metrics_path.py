@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.evaluation.images import load_image, lpips_distance
+from scoregeo_cli.evaluation.images import lpips_distance
+from scoregeo_cli.io.image_files import load_image
 from scoregeo_cli.evaluation.path import consecutive_lpips, gini, path_metrics
 
 from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402

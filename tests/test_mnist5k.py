@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-from scoregeo_cli import weights
+from scoregeo_cli.io import weights
 from scoregeo_cli.data.rotated_mnist import RotatedDigits, load_mnist5k, read_idx
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.scores.fidelity import relative_score_error

@@ -1,4 +1,4 @@
-"""Progress of long steps (scoregeo_cli/reporting/progress.py): tqdm bars on a terminal,
+"""Progress of long steps (scoregeo_cli/io/progress.py): tqdm bars on a terminal,
 plain lines at least every interval in a log, nothing for short steps, and a run whose
 captured output shows where it is."""
 
@@ -13,7 +13,7 @@ import time
 import pytest
 from helpers import invoke_cli
 
-from scoregeo_cli.reporting import progress
+from scoregeo_cli.io import progress
 
 
 class Log(io.StringIO):

@@ -60,7 +60,8 @@ def test_summary_holds_paired_differences_to_lerp():
     """summarize: every method other than LERP gets <metric>_minus_lerp over the pairs both
     have (set metrics with pair -1 are not paired); LERP gets none; the printed table shows
     the interval."""
-    from scoregeo_cli.reporting.results import format_summary, row, summarize
+    from scoregeo_cli.evaluation.rows import row
+    from scoregeo_cli.reporting.results import format_summary, summarize
 
     rows = [row(p, "lerp", "psnr", 20.0 + p) for p in range(4)]
     rows += [row(p, "geodesic", "psnr", 21.0 + p + 0.1 * (-1) ** p) for p in range(4)]

@@ -10,7 +10,7 @@ import yaml
 
 from scoregeo_cli.reporting import recipes, tables
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.reporting.results import atomic_write_json, mark_done
+from scoregeo_cli.io.files import atomic_write_json, mark_done
 
 DEMO = """\
 title: Demo table
@@ -340,7 +340,8 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
 
     import numpy as np
 
-    from scoregeo_cli.reporting.results import atomic_write_text, row
+    from scoregeo_cli.evaluation.rows import row
+    from scoregeo_cli.io.files import atomic_write_text
 
     book = recipe_book(tmp_path, monkeypatch, "pooled", """\
         title: Pooled

@@ -120,7 +120,7 @@ class ImagePairs:
 
     def check(self) -> None:
         """Read every file once, so a corrupt image stops the run before any model work."""
-        from scoregeo_cli.evaluation.images import load_image
+        from scoregeo_cli.io.image_files import load_image
 
         for pair in self.files:
             for path in pair:
@@ -128,7 +128,7 @@ class ImagePairs:
 
     def load_image(self, path: Path) -> torch.Tensor:
         """One file as (3, R, R) in [0, 1]; a corrupt or unreadable file is named in the error."""
-        from scoregeo_cli.evaluation.images import load_image
+        from scoregeo_cli.io.image_files import load_image
 
         if self.resolution is None:
             raise ScoregeoError("dataset.resolution is not set and no model resolution was given")

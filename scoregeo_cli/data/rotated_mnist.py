@@ -125,7 +125,7 @@ def load_mnist5k() -> tuple[torch.Tensor, torch.Tensor]:
 
     Reads the provisioned ``mnist_5k.csv.gz`` after checking its SHA-256 (one row per digit:
     784 pixels in row-major order, then the label)."""
-    from scoregeo_cli.weights import require_mnist5k
+    from scoregeo_cli.io.weights import require_mnist5k
 
     path = require_mnist5k()
     with gzip.open(path, "rt") as fh:

@@ -35,7 +35,7 @@ def lpips_main(argv: list[str], prog: str) -> int:
     if args.digits < 1:
         raise ScoregeoError(f"--digits must be at least 1, got {args.digits}")
 
-    from scoregeo_cli.reporting import progress
+    from scoregeo_cli.io import progress
 
     with progress.activity(prog):
         if args.image_a.is_dir() or args.image_b.is_dir():
@@ -50,7 +50,7 @@ def lpips_main(argv: list[str], prog: str) -> int:
 
 def _lpips_pair(path_a: Path, path_b: Path):
     """Two images of the same size, as (C, H, W) with the same number of channels."""
-    from scoregeo_cli.evaluation.images import load_image
+    from scoregeo_cli.io.image_files import load_image
 
     a, b = load_image(path_a), load_image(path_b)
     if a.shape[1:] != b.shape[1:]:
@@ -66,8 +66,9 @@ def _lpips_folders(args, prog: str) -> int:
 
     import torch
 
-    from scoregeo_cli.evaluation.images import list_images, lpips_distance
-    from scoregeo_cli.reporting import progress
+    from scoregeo_cli.evaluation.images import lpips_distance
+    from scoregeo_cli.io.image_files import list_images
+    from scoregeo_cli.io import progress
 
     for path in (args.image_a, args.image_b):
         if not path.is_dir():
@@ -122,12 +123,12 @@ def fid_main(argv: list[str], prog: str) -> int:
         folder_features,
         kid_from_features,
         kid_subset_size_for,
-        list_images,
     )
+    from scoregeo_cli.io.image_files import list_images
 
     import sys
 
-    from scoregeo_cli.reporting import progress
+    from scoregeo_cli.io import progress
 
     # fail on a bad or too small folder, or a bad subset size, before the network runs
     n_real, n_fake = len(list_images(args.dir_a)), len(list_images(args.dir_b))

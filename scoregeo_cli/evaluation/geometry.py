@@ -31,7 +31,7 @@ import torch
 from scoregeo_cli.data.synthetic import polyline_distance
 from scoregeo_cli.geometry.shooting import end_tangent
 from scoregeo_cli.geometry.truth import continue_together, manifold_metric_geodesic
-from scoregeo_cli.reporting.results import row
+from scoregeo_cli.evaluation.rows import row
 
 
 def segment_length(path: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 from torchmetrics.functional.image import (
     peak_signal_noise_ratio,
@@ -39,16 +37,15 @@ from torchmetrics.functional.image import (
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from scoregeo_cli import weights
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.reporting import progress
+from scoregeo_cli.io import progress, weights
+from scoregeo_cli.io.image_files import list_images, load_image
 
 # Smallest shorter side, in pixels, at which each LPIPS trunk runs: AlexNet's stride-4 conv
 # and two 3x3 stride-2 max-pools leave no spatial extent below 31 px; VGG16's four 2x2
 # max-pools need 16 px.
 LPIPS_NATIVE_MIN_SIDE = {"alex": 31, "vgg": 16}
 LPIPS_UPSAMPLE_SIDE = 64  # shorter side after upsampling an image too small for its trunk
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 INCEPTION_FEATURES = 2048
 KID_SUBSETS = 100
 KID_MAX_SUBSET_SIZE = 1000  # torchmetrics' and torch-fidelity's default subset size
@@ -412,47 +409,6 @@ def fid_kid(real: Tensor, fake: Tensor, kid_subset_size: int | None = None,
             "kid_std": kid_std, "kid_subset_size": size}
 
 
-def load_image(path: str | Path) -> Tensor:
-    """Read an image file with Pillow.
-
-    Returns:
-        (C, H, W) float32 tensor in [0, 1]: C = 1 for grayscale files (8- or 16-bit),
-        C = 3 otherwise (palette expanded, alpha dropped).
-
-    Raises:
-        ScoregeoError naming the file when it is missing, unreadable, corrupt or of an
-        unsupported mode (32-bit integer or float).
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode.startswith("I;16"):
-                array = np.asarray(image).astype(np.float32) / 65535
-                return torch.from_numpy(array)[None]
-            if image.mode in ("I", "F"):
-                raise ScoregeoError(f"cannot read image {path}: mode {image.mode} (32-bit) is not "
-                                    "supported; save it as 8- or 16-bit.")
-            grayscale = image.mode in ("1", "L", "LA")
-            array = np.asarray(image.convert("L" if grayscale else "RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ScoregeoError(f"cannot read image {path}: {err}") from err
-    tensor = torch.from_numpy(array.copy()).float() / 255
-    return tensor[None] if grayscale else tensor.permute(2, 0, 1).contiguous()
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by suffix, case-insensitive) directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ScoregeoError(f"{folder} is not a folder.")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ScoregeoError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
-
-
 def _batches_by_size(files: list[Path], batch_size: int) -> Iterator[Tensor]:
     """Load ``files`` batch_size at a time; yield (B, 3, H, W) stacks of equal size."""
     for start in range(0, len(files), batch_size):
@@ -469,7 +425,7 @@ def folder_features(folder: str | Path, batch_size: int = 32,
     """(N, 2048) Inception features of the N images in ``folder`` (sizes may differ).
 
     8-bit files reach the network with their own pixel values (``round(255 x)`` undoes
-    :func:`load_image`'s division by 255); see :func:`inception_features` for ``resize``.
+    :func:`~scoregeo_cli.io.image_files.load_image`'s division by 255); see :func:`inception_features` for ``resize``.
     """
     files = list_images(folder)
     features = []

@@ -35,7 +35,7 @@ import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
 from scoregeo_cli.geometry.metrics import Metric
-from scoregeo_cli.reporting import progress as _progress
+from scoregeo_cli.io import progress as _progress
 
 
 @dataclass
@@ -66,7 +66,7 @@ class GeodesicResult:
 
 
 class SolveProgress:
-    """The progress bar of one solve (``reporting.progress``): batched score evaluations
+    """The progress bar of one solve (``io.progress``): batched score evaluations
     spent of the budget, the summed energy of the pairs' paths and, where the solver knows
     it, the largest gradient norm relative to its start. It only reads the solver's values."""
 

@@ -28,7 +28,7 @@ class Plan:
     solver: object
     shooter: object
     extrapolate: bool = True
-    cache: object = None  # a scoregeo_cli.cache.Cache: geodesic solves are reused from it
+    cache: object = None  # a scoregeo_cli.io.cache.Cache: geodesic solves are reused from it
 
     @property
     def tau(self) -> torch.Tensor:

@@ -127,7 +127,7 @@ def solve_key(metric, solver, ends: Endpoints) -> str | None:
     reference set, and schedule), its level, chunking and dtype, the metric's and solver's
     settings, the solver's ``revision`` (a class attribute bumped when its algorithm changes
     the paths it returns) and the exact endpoints; None when any of them cannot be keyed."""
-    from scoregeo_cli.cache import digest
+    from scoregeo_cli.io.cache import digest
 
     score = metric.score
     fingerprint = getattr(score, "fingerprint", None)

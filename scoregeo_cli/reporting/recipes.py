@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from scoregeo_cli import app as _app  # noqa: F401  (registers the resolvers run folders are named with)
 from scoregeo_cli import paths
-from scoregeo_cli.reporting import results
+from scoregeo_cli.io import files
 from scoregeo_cli.errors import ScoregeoError
 
 RECIPES_DIR = paths.RECIPES_DIR
@@ -456,7 +456,7 @@ class RunLocator:
                  runs: dict[int, Path] | None = None) -> Located:
         folders = {s: self.rule.folder(self.root, group.experiment, overrides, s) for s in seeds}
         if runs is None:
-            runs = {s: f for s, f in folders.items() if results.is_done(f)}
+            runs = {s: f for s, f in folders.items() if files.is_done(f)}
         return Located(group, folders, {s: runs.get(s) for s in seeds}, overrides, self.root)
 
     def locate(self, group: Group, seeds: list[int]) -> Located:
@@ -499,7 +499,7 @@ class RunLocator:
             jobs = []
             for file in base.rglob("overrides.yaml"):
                 run_dir = file.parent.parent
-                if file.parent.name != ".hydra" or not results.is_done(run_dir):
+                if file.parent.name != ".hydra" or not files.is_done(run_dir):
                     continue
                 try:
                     job = [str(o) for o in yaml.safe_load(file.read_text()) or []]
@@ -518,4 +518,4 @@ class RunLocator:
 
 
 def results_mtime(run_dir: Path) -> float:
-    return (Path(run_dir) / results.DONE).stat().st_mtime
+    return (Path(run_dir) / files.DONE).stat().st_mtime

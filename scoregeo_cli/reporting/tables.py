@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoregeo_cli import paths
-from scoregeo_cli.reporting import progress
+from scoregeo_cli.io import progress
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.reporting.results import BASELINE, atomic_write_text, is_done, summarize
+from scoregeo_cli.io.files import atomic_write_text, is_done
+from scoregeo_cli.reporting.results import BASELINE, summarize
 
 LEVEL = re.compile(r"^([A-Za-z_][\w.]*)=([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 

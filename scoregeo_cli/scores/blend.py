@@ -41,7 +41,7 @@ class BlendScore(EpsScoreField):
         self.checkpoint = f"blend: exact + {alpha:g} x ({learned.checkpoint.stem} - exact)"
 
     def fingerprint(self) -> str:
-        from scoregeo_cli.cache import digest
+        from scoregeo_cli.io.cache import digest
 
         return digest("blend", self.alpha, self.exact.fingerprint(), self.learned.fingerprint())
 

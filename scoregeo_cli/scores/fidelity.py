@@ -202,7 +202,7 @@ def main(argv: list[str], prog: str) -> int:
     rows = measure(args.models, args.t, args.source, args.points, args.pairs, args.nodes, args.max_evals,
                    args.lam, args.normalize, args.ddim_steps, args.seed, progress)
     bar.close()
-    from scoregeo_cli.reporting.results import atomic_write_json
+    from scoregeo_cli.io.files import atomic_write_json
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, {"command": " ".join(["scoregeo fidelity", *argv]), "rows": rows})

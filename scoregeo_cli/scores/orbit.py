@@ -76,7 +76,7 @@ class OrbitScore(EpsScoreField):
         self.checkpoint = f"oracle: {len(angles)} angles x {len(references) // len(angles)} digit(s)"
 
     def fingerprint(self) -> str:
-        from scoregeo_cli.cache import digest
+        from scoregeo_cli.io.cache import digest
 
         return digest("orbit", self.references, self.alphas_cumprod)
 

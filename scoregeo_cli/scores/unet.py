@@ -94,7 +94,7 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     snapshot; loading casts back to float32) and the JSON beside it; returns ``path``."""
     from safetensors.torch import save_file
 
-    from scoregeo_cli.reporting.results import atomic_write_json, new_file_mode
+    from scoregeo_cli.io.files import atomic_write_json, new_file_mode
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -201,7 +201,7 @@ class UNetScore(EpsScoreField):
 
     def fingerprint(self) -> str:
         """A digest of the network's weights and the noise schedule (the level is keyed apart)."""
-        from scoregeo_cli.cache import digest
+        from scoregeo_cli.io.cache import digest
 
         return digest("unet", self.model, self.alphas_cumprod)
 

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from scoregeo_cli.errors import ScoregeoError, check_finite
-from scoregeo_cli.reporting import progress
+from scoregeo_cli.io import progress
 
 # eps_model(x_t of shape (B, *shape), t: int) -> predicted noise, same shape
 EpsModel = Callable[[torch.Tensor, int], torch.Tensor]

@@ -63,7 +63,7 @@ class DiffusionSpace(Space):
         conditioning, schedule, t, steps, sample shape, dtype and device), or None when the noise
         predictor carries no weights to digest (then denoised points are not cached)."""
         if self._fingerprint is None:
-            from scoregeo_cli.cache import digest
+            from scoregeo_cli.io.cache import digest
 
             model = getattr(self.denoiser, "model", None)
             nets = [getattr(model, "unet", model)]
@@ -116,13 +116,13 @@ class DiffusionSpace(Space):
 
     def denoise_groups(self, groups: list[torch.Tensor], cache=None) -> list[torch.Tensor]:
         """Denoise several groups of points (each (..., D)) in one batched DDIM pass; with a
-        ``cache`` (``scoregeo_cli.cache.Cache``) a group seen before, by its exact values and
+        ``cache`` (``scoregeo_cli.io.cache.Cache``) a group seen before, by its exact values and
         this space's fingerprint, is reused instead."""
         fp = self.fingerprint() if cache is not None and cache.root is not None else None
         out: list[torch.Tensor | None] = [None] * len(groups)
         keys: list[str | None] = [None] * len(groups)
         if fp is not None:
-            from scoregeo_cli.cache import digest
+            from scoregeo_cli.io.cache import digest
 
             for i, g in enumerate(groups):
                 keys[i] = digest("ddim", fp, g)

@@ -20,7 +20,7 @@ def run_methods_shown(methods: dict, ends, plan, generator) -> dict:
     draws from ``generator``), under a progress bar of the methods; the bars a method opens
     (its solver's) say which method they work for."""
     from scoregeo_cli.methods import run_methods
-    from scoregeo_cli.reporting import progress
+    from scoregeo_cli.io import progress
 
     out = {}
     with progress.bar(len(methods), "methods", "method") as bar:

@@ -35,12 +35,13 @@ import torch
 from omegaconf import DictConfig
 
 from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
-from scoregeo_cli.cache import Cache, digest, file_digest
+from scoregeo_cli.io.cache import Cache, digest, file_digest
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.methods import Plan, build_methods, check_methods
-from scoregeo_cli.reporting import progress
+from scoregeo_cli.io import progress
 from scoregeo_cli.reporting.figures import save_frames, save_strip
-from scoregeo_cli.reporting.results import atomic_write_json, row
+from scoregeo_cli.evaluation.rows import row
+from scoregeo_cli.io.files import atomic_write_json
 from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
 LPIPS_NETS = ("alex", "vgg")
@@ -98,7 +99,7 @@ class ImageTask:
     def prepare(self, cfg: DictConfig) -> "Prepared":
         """Everything the run builds before it computes (dataset and its pairs, score, space,
         metric, methods), and so every refusal, in one sentence, before anything is written."""
-        from scoregeo_cli import weights
+        from scoregeo_cli.io import weights
 
         ev = cfg.eval
         self._check_eval(ev)
@@ -385,7 +386,7 @@ class _Memo:
         self.lpips = ""
         self.metric_id = None
         if self.cache is not None:
-            from scoregeo_cli import weights
+            from scoregeo_cli.io import weights
 
             self.lpips = file_digest(weights.require_lpips(net))
             if space_fingerprint is not None:
@@ -443,7 +444,7 @@ class _SetMetrics:
     """
 
     def __init__(self, cfg, dataset, methods, n_pairs, n_nodes, plan, cache):
-        from scoregeo_cli import weights
+        from scoregeo_cli.io import weights
         from scoregeo_cli.evaluation.images import inception_features
 
         ev = cfg.eval

@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from scoregeo_cli.build import build_score, instantiate
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.reporting import progress
-from scoregeo_cli.reporting.results import row
+from scoregeo_cli.io import progress
+from scoregeo_cli.evaluation.rows import row
 from scoregeo_cli.tasks.synthetic import validate_manifold
 
 

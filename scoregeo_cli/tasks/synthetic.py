@@ -18,7 +18,7 @@ from scoregeo_cli.build import build_metric, build_score, check_memory, instanti
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.geometry import geometry_rows
 from scoregeo_cli.methods import Plan, build_methods, check_methods
-from scoregeo_cli.reporting.results import row
+from scoregeo_cli.evaluation.rows import row
 from scoregeo_cli.spaces import IdentitySpace
 from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 

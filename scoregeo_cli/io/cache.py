@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from scoregeo_cli.reporting.results import new_file_mode
+from scoregeo_cli.io.files import new_file_mode
 
 
 def digest(*parts) -> str:
