@@ -431,7 +431,7 @@ def noise(x0: torch.Tensor, eps: torch.Tensor, t: int, scheduler: Any) -> torch.
     Returns:
         x_t, of x0's shape, dtype and device.
     """
-    from scoregeo_cli.spaces.ddim import noise_to
+    from scoregeo_cli.schedule import noise_to
 
     x0 = _tensor("x0", x0)
     eps = _tensor("eps", eps)

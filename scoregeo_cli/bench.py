@@ -136,7 +136,7 @@ def mnist_problem(pairs: int, seed: int, normalize: str = "none"):
     sampled at 257 angles between theta_a and theta_b.
     """
     from scoregeo_cli.data.rotated_mnist import RotatedDigits
-    from scoregeo_cli.spaces.ddim import noise_to
+    from scoregeo_cli.schedule import noise_to
     from scoregeo_cli.scores.unet import load_unet_score
 
     score = load_unet_score(None, t=400)

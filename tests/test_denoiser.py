@@ -10,7 +10,7 @@ from helpers import invoke_cli
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.scores.eps import EpsScoreField
 from scoregeo_cli.spaces import PixelDiffusionSpace
-from scoregeo_cli.spaces.ddim import alphas_cumprod_from
+from scoregeo_cli.schedule import alphas_cumprod_from
 
 SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 

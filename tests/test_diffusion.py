@@ -4,7 +4,8 @@ import torch
 from diffusers import DDIMScheduler
 
 from scoregeo_cli.scores.eps import EpsScoreField
-from scoregeo_cli.spaces.ddim import ddim_denoise, ddim_grid, noise_to
+from scoregeo_cli.schedule import noise_to
+from scoregeo_cli.spaces.ddim import ddim_denoise, ddim_grid
 
 CONFIG = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear",
           "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0, "timestep_spacing": "leading"}

@@ -206,7 +206,7 @@ def test_unet_orbit_predicts_the_noise_of_its_orbits():
     """The learned counterpart of score=orbit: on noised orbit-set rotations at t = 400 its
     score is anti-aligned with the added noise, as a trained eps-model's must be."""
     from scoregeo_cli.scores.unet import load_unet_score
-    from scoregeo_cli.spaces.ddim import noise_to
+    from scoregeo_cli.schedule import noise_to
 
     score = load_unet_score("unet_orbit", t=400)
     data = RotatedDigits(pair_split="orbit_set")

@@ -114,7 +114,7 @@ def _rotated_training_digits(n: int, seed: int) -> torch.Tensor:
 def test_packaged_score_points_back_to_the_data(packaged_score):
     """On noised training digits the score is anti-aligned with the added noise: the score of
     a well-trained model at level t is about -eps / sqrt(1 - abar_t)."""
-    from scoregeo_cli.spaces.ddim import noise_to
+    from scoregeo_cli.schedule import noise_to
 
     score = packaged_score
     x0 = (_rotated_training_digits(64, 3) * 2 - 1).flatten(1).double()
@@ -129,7 +129,8 @@ def test_packaged_score_points_back_to_the_data(packaged_score):
 
 
 def test_ddim_denoises_a_lightly_noised_digit_back(packaged_score):
-    from scoregeo_cli.spaces.ddim import ddim_denoise, noise_to
+    from scoregeo_cli.schedule import noise_to
+    from scoregeo_cli.spaces.ddim import ddim_denoise
 
     score = packaged_score
     x0 = _rotated_training_digits(8, 5) * 2 - 1

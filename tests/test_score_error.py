@@ -48,7 +48,7 @@ def test_blend_scales_the_model_error_by_alpha_squared_and_refuses_bad_settings(
     any points, is the exact score at a = 0 and the model at a = 1."""
     from scoregeo_cli.scores.blend import blend_score
     from scoregeo_cli.scores.fidelity import relative_score_error
-    from scoregeo_cli.spaces.ddim import noise_to
+    from scoregeo_cli.schedule import noise_to
 
     data = RotatedDigits(pair_split="orbit_set")
     x0 = (data.rotated_batch("orbit_set", 8, torch.Generator().manual_seed(1)) * 2 - 1).flatten(1).double()

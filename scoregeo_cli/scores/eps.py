@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from scoregeo_cli.scores.base import ScoreField
-from scoregeo_cli.spaces.ddim import EpsModel, check_level
+from scoregeo_cli.schedule import EpsModel, check_level
 
 
 class EpsScoreField(ScoreField):

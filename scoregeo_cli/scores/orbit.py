@@ -26,7 +26,7 @@ import torch
 
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.scores.eps import EpsScoreField
-from scoregeo_cli.spaces.ddim import alphas_cumprod_from
+from scoregeo_cli.schedule import alphas_cumprod_from
 
 
 def mixture_score(x: torch.Tensor, means: torch.Tensor, var: float, chunk: int = 2048) -> torch.Tensor:

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from scoregeo_cli.scores.eps import EpsScoreField
-from scoregeo_cli.spaces.ddim import alphas_cumprod_from
+from scoregeo_cli.schedule import alphas_cumprod_from
 from scoregeo_cli.errors import ScoregeoError, check_finite
 
 EMPTY_PROMPT_FILE = "empty_prompt_embeds.safetensors"

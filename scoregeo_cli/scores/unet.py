@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from scoregeo_cli.scores.eps import EpsScoreField
-from scoregeo_cli.spaces.ddim import alphas_cumprod_from, noise_to
+from scoregeo_cli.schedule import alphas_cumprod_from, noise_to
 from scoregeo_cli.errors import ScoregeoError, check_finite
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -8,7 +8,7 @@ are computed, and paths back into data:
   diffusion model; DDIM back to t = 0.
 * ``LatentDiffusionSpace``: the same around a VAE (Stable Diffusion latents).
 
-Noising and DDIM are implemented once, in ``ddim``.
+DDIM is implemented once, in ``ddim``; the schedule and forward noising in ``scoregeo_cli.schedule``.
 """
 
 from scoregeo_cli.spaces.base import Endpoints, IdentitySpace, Space

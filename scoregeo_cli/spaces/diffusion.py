@@ -15,7 +15,8 @@ import torch
 
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.spaces.base import Endpoints, Space
-from scoregeo_cli.spaces.ddim import ddim_denoise, ddim_invert, noise_to
+from scoregeo_cli.schedule import noise_to
+from scoregeo_cli.spaces.ddim import ddim_denoise, ddim_invert
 
 if TYPE_CHECKING:
     from scoregeo_cli.scores.eps import EpsScoreField
