@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scoregeo_cli import bench
+from scoregeo_cli.studies import bench
 
 
 def test_bench_records_passes_convergence_and_the_reference_error(tmp_path, capsys):

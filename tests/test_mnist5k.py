@@ -14,7 +14,7 @@ import torch
 from scoregeo_cli.io import weights
 from scoregeo_cli.data.rotated_mnist import RotatedDigits, load_mnist5k, read_idx
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.scores.fidelity import relative_score_error
+from scoregeo_cli.studies.fidelity import relative_score_error
 
 # The orbit set: rows of mnist_5k.csv.gz (0-based), two per class, fixed by the split seed.
 TEST_ROWS_SHA256 = "e83122f87e971970e701a578a97fc0b39836da41df3d599e5f36f13d87581490"
@@ -224,7 +224,8 @@ def test_the_unet_orbit_ladder_gets_closer_to_its_data_with_training():
     each snapshot's record says what it is."""
     import json
 
-    from scoregeo_cli.scores.unet import PACKAGED_NAMES, eps_mse_per_level, load_checkpoint
+    from scoregeo_cli.scores.unet import PACKAGED_NAMES, load_checkpoint
+    from scoregeo_cli.training.unet import eps_mse_per_level
 
     data = RotatedDigits(pair_split="orbit_set", train_split="orbit_set")
     ladder = ["unet_orbit_s150", "unet_orbit_s400", "unet_orbit"]

@@ -160,7 +160,7 @@ def tiny_checkpoint(tmp_path_factory):
     from hydra.core.global_hydra import GlobalHydra
 
     from scoregeo_cli.app import CONF_DIR
-    from scoregeo_cli.scores.unet import train_unet
+    from scoregeo_cli.training.unet import train_unet
 
     out = tmp_path_factory.mktemp("tiny_unet")
     GlobalHydra.instance().clear()
@@ -176,7 +176,7 @@ def tiny_checkpoint(tmp_path_factory):
 def test_training_resumes_exactly_after_an_interruption(tiny_checkpoint, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from scoregeo_cli.scores.unet import STATE_FILE, train_unet
+    from scoregeo_cli.training.unet import STATE_FILE, train_unet
 
     straight, cfg, kwargs = tiny_checkpoint
     meta = json.loads(straight.with_suffix(".json").read_text())
@@ -207,7 +207,8 @@ def test_snapshots_leave_the_run_unchanged_and_float16_export_is_the_same_weight
     rounded to float16; out-of-range snapshots and unknown dtypes are one sentence."""
     from safetensors.torch import load_file
 
-    from scoregeo_cli.scores.unet import load_checkpoint, train_unet
+    from scoregeo_cli.scores.unet import load_checkpoint
+    from scoregeo_cli.training.unet import train_unet
 
     straight, cfg, kwargs = tiny_checkpoint
     final = train_unet(cfg, tmp_path, **kwargs, snapshots=[2], export_dtype="float16")

@@ -47,7 +47,7 @@ def test_blend_scales_the_model_error_by_alpha_squared_and_refuses_bad_settings(
     """score=blend: s* + a (s_theta - s*) has a^2 times the model's relative squared error on
     any points, is the exact score at a = 0 and the model at a = 1."""
     from scoregeo_cli.scores.blend import blend_score
-    from scoregeo_cli.scores.fidelity import relative_score_error
+    from scoregeo_cli.studies.fidelity import relative_score_error
     from scoregeo_cli.schedule import noise_to
 
     data = RotatedDigits(pair_split="orbit_set")

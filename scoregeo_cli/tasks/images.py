@@ -357,7 +357,7 @@ def exact_score(score, dataset):
 def _score_error_rows(batch, score, exact, results) -> list[dict]:
     """``score_error``: per pair, the run's score against the exact orbit-set score on the
     interior nodes of each method's path at level t, sum |s - s*|^2 / sum |s*|^2 over them
-    (``scores/fidelity.py``'s relative error on the points the method visits; 0 for the oracle)."""
+    (``studies/fidelity.py``'s relative error on the points the method visits; 0 for the oracle)."""
     rows = []
     for method, result in results.items():
         if not result.at_level:

@@ -69,7 +69,8 @@ def _orbit_dataset(source: str):
 def _unet_fields(models) -> dict:
     """{name: (model, alphas_cumprod, meta)} of every checkpoint in ``models``, each read once and
     checked to be on the oracle's schedule before any work."""
-    from scoregeo_cli.scores.unet import DEFAULT_SCHEDULE, load_checkpoint
+    from scoregeo_cli.scores.unet import load_checkpoint
+    from scoregeo_cli.training.unet import DEFAULT_SCHEDULE
     from scoregeo_cli.schedule import alphas_cumprod_from
 
     oracle_abar = alphas_cumprod_from(DEFAULT_SCHEDULE)
@@ -95,7 +96,8 @@ def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k
     from scoregeo_cli.geometry.metrics import SteinMetric
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver, straight_path
     from scoregeo_cli.scores.orbit import orbit_score
-    from scoregeo_cli.scores.unet import DEFAULT_SCHEDULE, SAMPLE_SHAPE, UNetScore
+    from scoregeo_cli.scores.unet import SAMPLE_SHAPE, UNetScore
+    from scoregeo_cli.training.unet import DEFAULT_SCHEDULE
     from scoregeo_cli.schedule import alphas_cumprod_from, check_level, noise_to
     from scoregeo_cli.spaces.ddim import ddim_denoise
 

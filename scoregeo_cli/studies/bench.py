@@ -29,7 +29,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from scoregeo_cli.app import CONF_DIR
+from scoregeo_cli import paths
 from scoregeo_cli.methods.baselines import lerp
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
@@ -47,7 +47,7 @@ SLOW_ON_UNET = ("adam_reference", "adam")  # run on the UNet only with --unet-ad
 
 def solver_from_config(name: str, nodes: int):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+    with initialize_config_dir(version_base="1.3", config_dir=str(paths.CONF_DIR)):
         cfg = compose("config", overrides=[f"solver={name}", f"solver.nodes={nodes}"])
     GlobalHydra.instance().clear()
     return instantiate(cfg.solver)
@@ -56,7 +56,7 @@ def solver_from_config(name: str, nodes: int):
 def metric_from_config(score, normalize: str = "none"):
     """The default metric of `scoregeo run` (conf/metric) on ``score``."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+    with initialize_config_dir(version_base="1.3", config_dir=str(paths.CONF_DIR)):
         cfg = compose("config", overrides=[f"metric.normalize={normalize}"])
     GlobalHydra.instance().clear()
     return instantiate(cfg.metric)(score=score)
