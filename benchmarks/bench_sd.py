@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import scoregeo_cli  # noqa: E402,F401  (torchvision fix before diffusers)
 from scoregeo_cli.schedule import noise_to  # noqa: E402
 from scoregeo_cli.geometry.solvers import FixedPointSolver, straight_path  # noqa: E402
-from scoregeo_cli.geometry.metrics import SteinMetric  # noqa: E402
+from scoregeo_cli.geometry.stein import SteinMetric  # noqa: E402
 from scoregeo_cli.scores.stable_diffusion import (  # noqa: E402
     DTYPES, LatentDiffusion, StableDiffusionScore, stable_diffusion_score)
 

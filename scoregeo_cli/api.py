@@ -43,7 +43,7 @@ from scoregeo_cli.errors import NonFiniteError, ScoregeoError
 if TYPE_CHECKING:
     import torch
 
-    from scoregeo_cli.geometry.metrics import Metric
+    from scoregeo_cli.geometry.base import Metric
     from scoregeo_cli.scores.base import ScoreField
 
 __all__ = ["geodesic", "extrapolate", "Geodesic", "Extrapolation", "score_from_unet",
@@ -493,7 +493,7 @@ def denoise(unet: torch.nn.Module, scheduler: Any, x_t: torch.Tensor, t: int, st
 def _build_metric(score, metric, lam, normalize, shape, options: dict) -> Metric:
     """The metric object of ``geodesic``'s arguments (consuming its options from ``options``)."""
     from scoregeo_cli import metrics as public
-    from scoregeo_cli.geometry.metrics import Metric
+    from scoregeo_cli.geometry.base import Metric
 
     if isinstance(metric, Metric):
         if lam is not None:
@@ -791,7 +791,7 @@ def extrapolate(geodesic_or_state: Geodesic | tuple[torch.Tensor, torch.Tensor],
     """
     import torch
 
-    from scoregeo_cli.geometry.metrics import Metric
+    from scoregeo_cli.geometry.base import Metric
     from scoregeo_cli.geometry.shooting import GeodesicShooter, end_tangent
 
     if isinstance(geodesic_or_state, Geodesic):

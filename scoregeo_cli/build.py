@@ -19,7 +19,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.geometry.metrics import Metric
+from scoregeo_cli.geometry.base import Metric
 from scoregeo_cli.scores.base import ScoreField
 
 # keys of a config node that are not constructor arguments (``score.train``: `scoregeo train`)

@@ -35,8 +35,9 @@ from scoregeo_cli.api import (ArgumentError, _as_argument_errors, _choice, _inte
                               as_score_field)
 from scoregeo_cli.geometry.conformal import ConformalMetric
 from scoregeo_cli.geometry.euclidean import EuclideanMetric
-from scoregeo_cli.geometry.metrics import INTERPOLATION, NORMALIZE, SteinMetric
+from scoregeo_cli.geometry.base import INTERPOLATION
 from scoregeo_cli.geometry.pullback import PullbackMetric
+from scoregeo_cli.geometry.stein import NORMALIZE, SteinMetric
 
 if TYPE_CHECKING:
     from scoregeo_cli.scores.base import ScoreField

@@ -121,7 +121,7 @@ def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(
                                                       ("cubic", "gauss4")])
 def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, interpolation, quadrature):
     from scoregeo_cli.data.synthetic import Sphere
-    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.stein import SteinMetric
     from scoregeo_cli.tasks.images import _Memo
 
     sphere = Sphere(2, 3, centre_offset=0.5, seed=0)
@@ -195,7 +195,7 @@ def test_a_geodesic_solve_is_reused_exactly_and_only_for_the_same_score_metric_s
     """A run that differs only after the solve (its denoiser, its evaluation) reuses the
     solve: the same path, convergence and cost; another lam, another score (weights), other
     ends or another budget solve anew."""
-    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.stein import SteinMetric
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver
     from scoregeo_cli.methods.base import Plan
     from scoregeo_cli.methods.geodesic import Geodesic

@@ -8,7 +8,7 @@ from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.errors import NonFiniteError, ScoregeoError
 from scoregeo_cli.geometry.shooting import GeodesicShooter, end_tangent, linear_extrapolation
 from scoregeo_cli.geometry.solvers import FixedPointSolver, OptimizerSolver, frozen_metric_step, straight_path
-from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.geometry.stein import SteinMetric
 from scoregeo_cli.scores.base import ScoreField
 
 

@@ -268,7 +268,7 @@ def test_failed_shooting_is_recorded_as_nan_not_hidden(tiny_checkpoint):
     extrapolation only; the interpolation and the baselines' extrapolations are kept."""
     from scoregeo_cli.geometry.shooting import GeodesicShooter
     from scoregeo_cli.geometry.solvers import FixedPointSolver
-    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.stein import SteinMetric
     from scoregeo_cli.scores.unet import load_unet_score
     from scoregeo_cli.methods import Plan, run_methods
     from scoregeo_cli.methods.baselines import Lerp, Slerp

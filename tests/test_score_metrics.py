@@ -127,7 +127,7 @@ def test_oracle_geodesic_stays_closer_to_the_orbit_than_lerp():
     """With the exact orbit score at t = 200, the Stein geodesic's nodes stay nearer the noised
     rotation orbit than LERP's, and its frames' angles are nearer the ideal ones."""
     from scoregeo_cli.data.rotated_mnist import RotatedDigits
-    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.stein import SteinMetric
     from scoregeo_cli.geometry.shooting import GeodesicShooter
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver
     from scoregeo_cli.methods import Plan, run_methods

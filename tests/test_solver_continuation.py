@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from scoregeo_cli.data.synthetic import Sphere
-from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.geometry.stein import SteinMetric
 from scoregeo_cli.geometry.solvers import (GaussNewtonSolver, gradient_norm, network_passes, resample,
                                            straight_path)
 from scoregeo_cli.scores.base import ScoreField

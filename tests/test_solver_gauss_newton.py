@@ -5,7 +5,7 @@ import torch
 from helpers import TanhField
 
 from scoregeo_cli.data.synthetic import Sphere
-from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.geometry.stein import SteinMetric
 from scoregeo_cli.geometry.solvers import (FixedPointSolver, GaussNewtonSolver, OptimizerSolver,
                                            gauss_newton_step, gradient_norm, straight_path)
 

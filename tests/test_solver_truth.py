@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from scoregeo_cli.app import CONF_DIR
 from scoregeo_cli.build import instantiate
 from scoregeo_cli.data.synthetic import Sphere
-from scoregeo_cli.geometry.metrics import SteinMetric
+from scoregeo_cli.geometry.stein import SteinMetric
 from scoregeo_cli.geometry.shooting import end_tangent
 from scoregeo_cli.geometry.solvers import GaussNewtonSolver
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.geometry.metrics import Metric
+from scoregeo_cli.geometry.base import Metric
 from scoregeo_cli.scores.base import ScoreField
 
 

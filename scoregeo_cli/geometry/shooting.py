@@ -15,7 +15,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS  # the method table odeint dispatches on
 
 from scoregeo_cli.errors import NonFiniteError, ScoregeoError, check_finite
-from scoregeo_cli.geometry.metrics import Metric
+from scoregeo_cli.geometry.base import Metric
 
 
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")

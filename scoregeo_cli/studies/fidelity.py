@@ -93,7 +93,7 @@ def measure(models=DEFAULT_MODELS, levels=DEFAULT_LEVELS, source: str = "mnist5k
     denoiser's round-trip PSNR. See the module docstring; ``models`` are ``orbit``, packaged
     UNet names or checkpoint paths."""
     from scoregeo_cli.evaluation.images import psnr
-    from scoregeo_cli.geometry.metrics import SteinMetric
+    from scoregeo_cli.geometry.stein import SteinMetric
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver, straight_path
     from scoregeo_cli.scores.orbit import orbit_score
     from scoregeo_cli.scores.unet import SAMPLE_SHAPE, UNetScore
