@@ -10,8 +10,8 @@ small Python API for a score model you bring (see ``scoregeo_cli.api`` and the R
 
 Public names: ``geodesic``, ``extrapolate``, ``Geodesic``, ``Extrapolation``,
 ``score_from_unet``, ``score_from_conditional_unet``, ``noise``, ``denoise`` and the module
-``metrics``. They are imported on first use, so ``import scoregeo_cli`` stays light (no
-torch, no Hydra).
+``families`` (the metric families, ``scoregeo_cli.api.families``). They are imported on
+first use, so ``import scoregeo_cli`` stays light (no torch, no Hydra).
 
 Importing the package also sets two process-wide defaults and nothing heavier:
 
@@ -32,10 +32,10 @@ __version__ = "0.1.0"
 
 _API = ("geodesic", "extrapolate", "Geodesic", "Extrapolation", "score_from_unet",
         "score_from_conditional_unet", "noise", "denoise")
-__all__ = [*_API, "metrics", "__version__"]
+__all__ = [*_API, "families", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names load lazily
-    from scoregeo_cli import metrics  # noqa: F401
+    from scoregeo_cli.api import families  # noqa: F401
     from scoregeo_cli.api import (Extrapolation, Geodesic, denoise, extrapolate, geodesic, noise,  # noqa: F401
                                   score_from_conditional_unet, score_from_unet)
 
@@ -47,10 +47,10 @@ def __getattr__(name: str):
         value = getattr(api, name)
         globals()[name] = value
         return value
-    if name == "metrics":
+    if name == "families":
         import importlib
 
-        return importlib.import_module("scoregeo_cli.metrics")
+        return importlib.import_module("scoregeo_cli.api.families")
     raise AttributeError(f"module 'scoregeo_cli' has no attribute {name!r}")
 
 

@@ -74,8 +74,8 @@ def test_import_is_light_and_does_not_import_hydra():
 
 def test_public_names():
     assert set(sg.__all__) == {"geodesic", "extrapolate", "Geodesic", "Extrapolation", "score_from_unet",
-                               "score_from_conditional_unet", "noise", "denoise", "metrics", "__version__"}
-    assert {"Stein", "Pullback", "Conformal", "Euclidean"} <= set(dir(sg.metrics))
+                               "score_from_conditional_unet", "noise", "denoise", "families", "__version__"}
+    assert {"Stein", "Pullback", "Conformal", "Euclidean"} <= set(dir(sg.families))
     for name in sg.__all__[:-2]:
         assert getattr(sg, name).__doc__, name
     with pytest.raises(AttributeError):
@@ -197,28 +197,28 @@ def test_metric_objects_by_hand():
     v = torch.tensor([[2.0, 1.0]], dtype=torch.float64)
     mat = torch.tensor([[1.0, 2.0], [0.0, 3.0]], dtype=torch.float64)
     # Stein: |v|^2 + lam (s.v)^2 with s = (1, 1) everywhere; its unit variant divides by |s|^2
-    const = sg.metrics.Stein(lambda y: torch.ones_like(y), lam=2.0)
+    const = sg.families.Stein(lambda y: torch.ones_like(y), lam=2.0)
     assert float(const.norm_sq(x, v)) == pytest.approx(5 + 2 * 9)
-    unit = sg.metrics.Stein(lambda y: torch.ones_like(y), lam=2.0, normalize="unit")
+    unit = sg.families.Stein(lambda y: torch.ones_like(y), lam=2.0, normalize="unit")
     assert float(unit.norm_sq(x, v)) == pytest.approx(5 + 2 * 9 / 2)
     # the polygon energy of the module docstring: nodes (0,0), (1,0), (1,2) -> 15
     path = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 2.0]]], dtype=torch.float64)
-    polygon = sg.metrics.Stein(lambda y: torch.ones_like(y), lam=2.0, interpolation="linear", quadrature="midpoint")
+    polygon = sg.families.Stein(lambda y: torch.ones_like(y), lam=2.0, interpolation="linear", quadrature="midpoint")
     assert float(polygon.energy(path)) == pytest.approx(15.0)
     # on a straight line the cubic curve is the line: length |v| sqrt(1 + lam (u.v/|v|)^2)
     line = torch.stack([torch.zeros(2), torch.tensor([3.0, 4.0])]).double()
     line = torch.lerp(line[0], line[1], torch.linspace(0, 1, 5, dtype=torch.float64)[:, None])[None]
     assert float(const.length(line)) == pytest.approx(math.sqrt(25 + 2 * 49))
     # pullback with s(x) = A x: J = A
-    pull = sg.metrics.Pullback(lambda y: y @ mat.T, alpha=0.5, lam=3.0)
+    pull = sg.families.Pullback(lambda y: y @ mat.T, alpha=0.5, lam=3.0)
     assert float(pull.norm_sq(x, v)) == pytest.approx(0.5 * 5 + 3.0 * float(((mat @ v[0]) ** 2).sum()))
     # conformal with the standard normal's score s = -x: (p(x)/p(r))^(-beta) = exp(beta (|x|^2 - |r|^2) / 2)
-    conf = sg.metrics.Conformal(lambda y: -y, beta=0.7)
+    conf = sg.families.Conformal(lambda y: -y, beta=0.7)
     ref = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
     expected = math.exp(0.7 * (1.25 - 0.05) / 2) * 5
     assert float(conf.norm_sq(x, v, reference=ref)) == pytest.approx(expected, rel=1e-12)
     # Euclidean
-    flat = sg.metrics.Euclidean()
+    flat = sg.families.Euclidean()
     assert float(flat.norm_sq(x, v)) == pytest.approx(5.0)
     assert float(flat.energy(line)) == pytest.approx(25 / 2)
     assert float(flat.length(line)) == pytest.approx(5.0)
@@ -231,8 +231,8 @@ def test_metric_objects_take_image_shaped_paths():
     def score(x):
         return torch.sin(x) - x
 
-    for make in (lambda s: sg.metrics.Stein(s, shape=(1, 2, 3)), lambda s: sg.metrics.Pullback(s, shape=(1, 2, 3)),
-                 lambda s: sg.metrics.Conformal(s, shape=(1, 2, 3)), lambda s: sg.metrics.Euclidean(s, shape=(1, 2, 3))):
+    for make in (lambda s: sg.families.Stein(s, shape=(1, 2, 3)), lambda s: sg.families.Pullback(s, shape=(1, 2, 3)),
+                 lambda s: sg.families.Conformal(s, shape=(1, 2, 3)), lambda s: sg.families.Euclidean(s, shape=(1, 2, 3))):
         metric = make(score)
         flat = paths.reshape(3, 5, 6)
         assert torch.allclose(metric.energy(paths), metric.energy(flat), rtol=1e-12)
@@ -242,7 +242,7 @@ def test_metric_objects_take_image_shaped_paths():
 
 def test_a_metric_object_solves_as_the_same_names():
     a, b = sphere_pairs()
-    metric = sg.metrics.Stein(sphere_score, lam=1000.0, normalize="unit")
+    metric = sg.families.Stein(sphere_score, lam=1000.0, normalize="unit")
     by_object = sg.geodesic(None, a, b, metric=metric, nodes=8, max_evals=10)
     by_name = sg.geodesic(sphere_score, a, b, normalize="unit", nodes=8, max_evals=10)
     assert torch.equal(by_object.path, by_name.path)
@@ -287,7 +287,7 @@ BAD_CALLS = [
     ("interpolation", lambda: sg.geodesic(sphere_score, A, B, interpolation="quintic")),
     ("beta", lambda: sg.geodesic(sphere_score, A, B, beta=1.0)),
     ("init", lambda: sg.geodesic(sphere_score, A, B, init=torch.zeros(3, 4, 3, dtype=torch.float64))),
-    ("lam", lambda: sg.geodesic(None, A, B, metric=sg.metrics.Stein(sphere_score), lam=3.0)),
+    ("lam", lambda: sg.geodesic(None, A, B, metric=sg.families.Stein(sphere_score), lam=3.0)),
     ("duration", lambda: sg.extrapolate(_sphere_geo(), duration=0.0)),
     ("steps", lambda: sg.extrapolate(_sphere_geo(), steps=0)),
     ("method", lambda: sg.extrapolate(_sphere_geo(), method="leapfrog")),
@@ -301,11 +301,11 @@ BAD_CALLS = [
     ("eps", lambda: sg.noise(A, B[:, :2], 10, torch.linspace(0.99, 0.01, 1000))),
     ("scheduler", lambda: sg.noise(A, B, 10, "ddpm")),
     ("unet", lambda: sg.score_from_unet(lambda x, t: x, torch.linspace(0.99, 0.01, 1000), 10)),
-    ("lam", lambda: sg.metrics.Stein(sphere_score, lam=float("inf"))),
-    ("shape", lambda: sg.metrics.Stein(sphere_score, shape=(0, 3))),
-    ("alpha", lambda: sg.metrics.Pullback(sphere_score, alpha=0.0)),
-    ("reference", lambda: sg.metrics.Conformal(sphere_score).norm_sq(A, B)),
-    ("path", lambda: sg.metrics.Stein(sphere_score, shape=(3,)).energy(torch.zeros(2, 4, 5))),
+    ("lam", lambda: sg.families.Stein(sphere_score, lam=float("inf"))),
+    ("shape", lambda: sg.families.Stein(sphere_score, shape=(0, 3))),
+    ("alpha", lambda: sg.families.Pullback(sphere_score, alpha=0.0)),
+    ("reference", lambda: sg.families.Conformal(sphere_score).norm_sq(A, B)),
+    ("path", lambda: sg.families.Stein(sphere_score, shape=(3,)).energy(torch.zeros(2, 4, 5))),
 ]
 
 

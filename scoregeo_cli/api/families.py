@@ -2,7 +2,7 @@
 
     import scoregeo_cli as sg
 
-    metric = sg.metrics.Stein(score, lam=1000.0, normalize="none", shape=(2,))
+    metric = sg.families.Stein(score, lam=1000.0, normalize="none", shape=(2,))
     metric.energy(paths)      # (P,)   paths (P, N, *shape)
     metric.length(paths)      # (P,)   continuous g-length
     metric.norm_sq(x, v)      # (...)  g_x(v, v) for points and vectors (..., *shape)
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from scoregeo_cli.api import (ArgumentError, _as_argument_errors, _choice, _integer, _number, _prod, _score_types,
-                              as_score_field)
+from scoregeo_cli.api.checks import ArgumentError, as_argument_errors, choice, integer, number, prod
+from scoregeo_cli.api.score_fields import as_score_field, score_types
+from scoregeo_cli.geometry.base import INTERPOLATION
 from scoregeo_cli.geometry.conformal import ConformalMetric
 from scoregeo_cli.geometry.euclidean import EuclideanMetric
-from scoregeo_cli.geometry.base import INTERPOLATION
 from scoregeo_cli.geometry.pullback import PullbackMetric
 from scoregeo_cli.geometry.stein import NORMALIZE, SteinMetric
 
@@ -57,8 +57,8 @@ class _Shaped:
         shape = self.shape
         if shape is not None and len(shape) > 1 and x.dim() >= lead + len(shape) \
                 and tuple(x.shape[x.dim() - len(shape):]) == shape:
-            return x.reshape(*x.shape[:x.dim() - len(shape)], _prod(shape))
-        dim = _prod(shape) if shape is not None else None
+            return x.reshape(*x.shape[:x.dim() - len(shape)], prod(shape))
+        dim = prod(shape) if shape is not None else None
         if x.dim() < lead + 1 or (dim is not None and x.shape[-1] != dim):
             want = "(P, N, *shape)" if lead == 2 else "(..., *shape)"
             raise ArgumentError(f"{name} must have shape {want} with shape {shape}, got {tuple(x.shape)}")
@@ -109,14 +109,14 @@ class Stein(_Shaped, SteinMetric):
     def __init__(self, score: Callable, lam: float = 1000.0, normalize: str = "none", *,
                  shape: Sequence[int] | None = None, interpolation: str = "cubic", quadrature: str | None = "gauss4",
                  evaluate_at: str = "midpoints", length_points: int = 64):
-        lam = _number("lam", lam, minimum=0)
-        _choice("normalize", normalize, NORMALIZE)
-        _choice("interpolation", interpolation, INTERPOLATION)
-        _choice("evaluate_at", evaluate_at, ("midpoints", "nodes"))
+        lam = number("lam", lam, minimum=0)
+        choice("normalize", normalize, NORMALIZE)
+        choice("interpolation", interpolation, INTERPOLATION)
+        choice("evaluate_at", evaluate_at, ("midpoints", "nodes"))
         if quadrature is not None and not isinstance(quadrature, str):
             raise ArgumentError(f"quadrature must be a rule name such as 'gauss4', got {quadrature!r}")
-        length_points = _integer("length_points", length_points, 1)
-        with _as_argument_errors():
+        length_points = integer("length_points", length_points, 1)
+        with as_argument_errors():
             super().__init__(_field(self, score, shape), lam, normalize, evaluate_at, interpolation, quadrature,
                              length_points)
 
@@ -152,9 +152,9 @@ class Pullback(_Shaped, PullbackMetric):
 
     def __init__(self, score: Callable, alpha: float = 1.0, lam: float = 1.0, *,
                  shape: Sequence[int] | None = None):
-        alpha = _number("alpha", alpha, positive=True)
-        lam = _number("lam", lam, minimum=0)
-        with _as_argument_errors():
+        alpha = number("alpha", alpha, positive=True)
+        lam = number("lam", lam, minimum=0)
+        with as_argument_errors():
             super().__init__(_field(self, score, shape), alpha, lam)
 
     def energy(self, path: torch.Tensor) -> torch.Tensor:
@@ -164,7 +164,7 @@ class Pullback(_Shaped, PullbackMetric):
     def length(self, path: torch.Tensor, points: int = 8) -> torch.Tensor:
         """g-length (P,) of the polygon through the nodes of paths (P, N, *shape), ``points``
         midpoint-rule points per segment."""
-        return super().length(self._flat(path, "path", 2), _integer("points", points, 1))
+        return super().length(self._flat(path, "path", 2), integer("points", points, 1))
 
     def norm_sq(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """g_x(v, v) = alpha |v|^2 + lam |J(x) v|^2 for points and vectors (..., *shape) -> (...)."""
@@ -188,8 +188,8 @@ class Conformal(_Shaped, ConformalMetric):
     """
 
     def __init__(self, score: Callable, beta: float = 1.0, *, shape: Sequence[int] | None = None):
-        beta = _number("beta", beta, minimum=0)
-        with _as_argument_errors():
+        beta = number("beta", beta, minimum=0)
+        with as_argument_errors():
             super().__init__(_field(self, score, shape), beta)
 
     def energy(self, path: torch.Tensor) -> torch.Tensor:
@@ -216,7 +216,7 @@ class Conformal(_Shaped, ConformalMetric):
         if x.shape != v.shape or x.shape != ref.shape:
             raise ArgumentError(f"x, v and reference must have one shape, got {tuple(x.shape)}, "
                                 f"{tuple(v.shape)} and {tuple(ref.shape)}")
-        nodes, weights = np.polynomial.legendre.leggauss(_integer("points", points, 1))
+        nodes, weights = np.polynomial.legendre.leggauss(integer("points", points, 1))
         tau = torch.as_tensor((nodes + 1) / 2, dtype=x.dtype, device=x.device)
         w = torch.as_tensor(weights / 2, dtype=x.dtype, device=x.device)
         delta = x - ref
@@ -237,8 +237,8 @@ class Euclidean(_Shaped, EuclideanMetric):
     def __init__(self, score: Callable | None = None, *, shape: Sequence[int] | None = None):
         if score is None:
             self.shape = _shape(shape)
-            field = _score_types()[1]()
-            field.dim = _prod(self.shape) if self.shape is not None else 0
+            field = score_types()[1]()
+            field.dim = prod(self.shape) if self.shape is not None else 0
         else:
             field = _field(self, score, shape)
         super().__init__(field)
