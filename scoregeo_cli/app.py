@@ -8,13 +8,13 @@ overrides (refuse if of others); take the run folder's lock, record the config i
 ``.hydra/``, let the task compute rows of metrics, then write metrics.jsonl, summary.json
 and DONE (in that order). A failure leaves nothing marked DONE; Ctrl-C ends in one line
 and exit code 130. A sweep (``-m``) goes through scoregeo's sweeper
-(hydra_plugins/scoregeo_plugins), which checks every job (``check_job``) before any runs.
+(hydra_plugins/scoregeo_plugins), which checks every job (``jobs.check_job``) before any
+runs.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shlex
 import signal
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -32,46 +31,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from scoregeo_cli import paths
-from scoregeo_cli.io import files, progress
-from scoregeo_cli.reporting import results
-from scoregeo_cli.build import check_config, check_finite, check_unique_methods, check_value, instantiate
+from scoregeo_cli import jobs, paths
+from scoregeo_cli import resolvers  # noqa: F401  (registers the resolvers run folders are named with)
+from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
+from scoregeo_cli.io import files, progress
+from scoregeo_cli.jobs import check_same_run, check_types
+from scoregeo_cli.reporting import results
 
 CONF_DIR = str(paths.CONF_DIR)
-# overrides that say where or how a run executes, not what it computes: they may differ
-# between a finished run and a request to skip it (seed and experiment are in the path)
-NOT_CONFIGURATION = ("seed", "experiment", "output_root", "rerun", "threads", "cache", "hydra.launcher.n_jobs")
-# the types of top-level and eval keys (nodes with a _target_ are checked by their signature)
-TOP_LEVEL_TYPES = {"seed": ["int"], "n_pairs": ["int"], "rerun": ["bool"], "output_root": ["str"],
-                   "threads": ["int", "None"], "cache": ["bool"], "experiment_name": ["str"]}
-EVAL_TYPES = {"figure": ["bool"], "fid": ["bool"], "geodesic_points": ["int"], "points": ["int"],
-              "perturbation": ["float"], "sigmas": ["list"], "lpips_net": ["str"], "kid_subset_size": ["int"],
-              "inception_batch": ["int"], "fid_frames": ["int", "None"], "fid_real": ["int", "None"],
-              "strips": ["int", "None"], "strip_scale": ["int"]}
 _TORCH_THREADS: int | None = None
-
-
-def run_dirname(overrides: str) -> str:
-    """The folder name of a run from Hydra's override_dirname.
-
-    Empty (no overrides) becomes "default". A value with a path separator cannot name a
-    folder as it is: slashes become underscores and a hash of the exact overrides is
-    appended, so ``a=/x/col/a_b`` and ``a=/x/col_a/b`` get different folders. A name over
-    180 characters keeps its first 160 and a hash of the whole, so it stays unique and
-    within file-system limits.
-    """
-    name = overrides or "default"
-    digest = hashlib.sha1(overrides.encode()).hexdigest()
-    if "/" in name:
-        name = f"{name.replace('/', '_')}-{digest[:8]}"
-    if len(name) > 180:
-        name = f"{name[:160]}-{digest[:12]}"
-    return name
-
-
-if not OmegaConf.has_resolver("dirname"):
-    OmegaConf.register_new_resolver("dirname", run_dirname)
 
 
 def _register_plugins() -> None:
@@ -138,14 +107,6 @@ def remove_empty_folders(run_dir: Path, stop: Path | None = None) -> None:
         folder = folder.parent
 
 
-def job_folder(cfg: DictConfig) -> Path | None:
-    """The run folder of one job of a sweep (``hydra.sweep.dir/hydra.sweep.subdir``)."""
-    try:
-        return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-    except Exception:  # noqa: BLE001
-        return None
-
-
 def one_sentence(text: str) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line: lists of options become
     comma-separated, the ``full_key``/``object_type`` trailers and hints go."""
@@ -194,26 +155,6 @@ def _replay_command(subcommand: str) -> str:
     return "scoregeo " + " ".join([subcommand, *map(shlex.quote, overrides)]) + "\n"
 
 
-def check_types(cfg: DictConfig, overrides: list[str] | None = None) -> None:
-    """Refuse mistyped top-level and eval values, then every node with a ``_target_``, NaN
-    and infinite numbers anywhere, and a method named twice in ``overrides``."""
-    image_task = str(OmegaConf.select(cfg, "task._target_", default="")).endswith("ImageTask")
-    def plain(value):
-        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-    for key, words in TOP_LEVEL_TYPES.items():
-        if key in cfg and not OmegaConf.is_missing(cfg, key):
-            check_value(key, plain(cfg[key]), [*words, "None"] if key == "n_pairs" and image_task else words)
-    if isinstance(cfg.get("eval"), DictConfig):
-        for key, words in EVAL_TYPES.items():
-            if key in cfg.eval and not OmegaConf.is_missing(cfg.eval, key):
-                check_value(f"eval.{key}", plain(cfg.eval[key]), words)
-    check_config(cfg)
-    check_finite(cfg)
-    if overrides:
-        check_unique_methods(overrides)
-
-
 def apply_threads(cfg: DictConfig) -> None:
     """torch.set_num_threads(cfg.threads) (null: torch's own default) before any work."""
     global _TORCH_THREADS
@@ -225,65 +166,6 @@ def apply_threads(cfg: DictConfig) -> None:
     if threads is not None and int(threads) < 1:
         raise ScoregeoError(f"threads must be at least 1 or null, got {threads}")
     torch.set_num_threads(_TORCH_THREADS if threads is None else int(threads))
-
-
-def _configuration(overrides: list[str], experiment: str | None) -> set:
-    """What of a run's overrides says what it computes (NOT_CONFIGURATION and hydra.* aside)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
-    key = {(o.key_or_group, repr(o.value())) for o in parsed
-           if not o.is_hydra_override() and o.key_or_group not in NOT_CONFIGURATION}
-    return key | {("experiment", repr(experiment))}
-
-
-def check_same_run(run_dir: Path, hydra_cfg=None) -> None:
-    """Refuse to skip a finished run whose recorded overrides differ from the requested ones
-    (``hydra_cfg``: the run's ``hydra`` node; default: the running job's)."""
-    hc = HydraConfig.get() if hydra_cfg is None else hydra_cfg
-    requested = [str(o) for o in hc.overrides.task]
-    record = run_dir / ".hydra" / "overrides.yaml"
-    try:
-        recorded = [str(o) for o in (yaml.safe_load(record.read_text()) or [])]
-        recorded_hydra = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
-        recorded_experiment = OmegaConf.select(recorded_hydra, "hydra.runtime.choices.experiment", default=None)
-        same = _configuration(recorded, recorded_experiment) == _configuration(
-            requested, hc.runtime.choices.get("experiment"))
-    except (OSError, yaml.YAMLError, OmegaConfBaseException, HydraException):
-        recorded, same = ["(none recorded)"], False
-    if not same:
-        raise ScoregeoError(f"{run_dir} holds a finished run of overrides [{' '.join(recorded)}], not the "
-                            f"requested [{' '.join(requested)}]; pass another output_root, or rerun=true to replace it")
-
-
-_PREPARED: dict = {}  # job overrides -> (task, prepared) checked by the sweeper for a job of this process
-KEEP_PREPARED = 16    # at most this many are kept (each holds what its run built)
-
-
-def check_jobs(configs: list[DictConfig], keep: bool = False) -> None:
-    """``check_job`` for every job of a sweep; with ``keep`` (the jobs run in this process)
-    the first KEEP_PREPARED jobs keep what they built for their run, which then neither
-    checks nor builds it again."""
-    _PREPARED.clear()
-    for cfg in configs:
-        held = check_job(cfg)
-        if keep and held is not None and len(_PREPARED) < KEEP_PREPARED:
-            _PREPARED[tuple(str(o) for o in cfg.hydra.overrides.task)] = held
-
-
-def check_job(cfg: DictConfig):
-    """Every refusal of one job of a sweep, from its composed config (``hydra`` node
-    included), in the launching process before any job starts: types and values, a finished
-    run of other overrides in its folder, and the task's own checks (``prepare``: everything
-    a run builds before it computes) unless the job will be skipped as finished. Returns
-    (task, what prepare built), or None for a job that will be skipped."""
-    check_types(cfg, [str(o) for o in cfg.hydra.overrides.task])
-    folder = job_folder(cfg)
-    if folder is not None and not cfg.get("rerun") and files.is_done(folder):
-        check_same_run(folder, cfg.hydra)
-        return None
-    task = instantiate(cfg.task)
-    return task, (task.prepare(cfg) if hasattr(task, "prepare") else None)
 
 
 def record_config(run_dir: Path, cfg: DictConfig) -> None:
@@ -319,7 +201,7 @@ def run_experiment(cfg: DictConfig) -> dict | None:
 def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
     # 1. refusals: nothing is written, and the folder Hydra made for the run goes again
     overrides = [str(o) for o in HydraConfig.get().overrides.task]
-    held = _PREPARED.pop(tuple(overrides), None)  # checked and built by this process's sweeper
+    held = jobs.PREPARED.pop(tuple(overrides), None)  # checked and built by this process's sweeper
     try:
         if held is None:
             check_types(cfg, overrides)
@@ -395,58 +277,6 @@ def train_backbone(cfg: DictConfig) -> None:
     print(f"checkpoint: {checkpoint}\nuse it with: scoregeo run ... score.checkpoint={checkpoint}")
 
 
-# --------------------------------------------------------------------------- sweeps
-
-def report_sweep(config: DictConfig, jobs: list, returns) -> None:
-    """After a sweep: where its run folders are, and where a launcher that keeps per-job
-    logs (submitit) put each job's output (its table)."""
-    folders = []
-    for ret in returns:
-        try:
-            folders.append(Path(str(ret.hydra_cfg.hydra.runtime.output_dir)))
-        except Exception:  # noqa: BLE001
-            continue
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    print(f"\n{len(jobs)} run(s) of the sweep: {sweep_dir}/<overrides>/seed=<k> (each with its summary.json)",
-          flush=True)
-    logs = submitit_logs(config)
-    if logs is not None:
-        print(f"each job's output, its table included, is in submitit's logs: {logs}", flush=True)
-        for folder in folders:
-            print(f"  {folder}", flush=True)
-
-
-def tidy_launcher_folders(config: DictConfig) -> None:
-    """submitit's local launcher makes its log folder pattern itself, a folder literally
-    named ``%j`` beside the jobs' own; it stays empty and goes again here."""
-    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
-    if folder is None or "%" not in str(folder):
-        return
-    parts = Path(str(folder)).parts
-    cut = next(i for i, part in enumerate(parts) if "%" in part)
-    with contextlib.suppress(OSError):
-        Path(*parts[:cut + 1]).rmdir()  # only if empty
-
-
-def submitit_logs(config: DictConfig) -> str | None:
-    """Where a submitit launcher writes each job's log (None for other launchers)."""
-    folder = OmegaConf.select(config, "hydra.launcher.submitit_folder", default=None)
-    if folder is None:
-        return None
-    return str(Path(str(folder).replace("%j", "<job id>")) / "<job id>_0_log.out")
-
-
-def report_failed_launch(config: DictConfig, err: BaseException) -> None:
-    """A launcher that reports a failed job as an exception (submitit's UncompletedJobError):
-    one sentence naming the logs, instead of the launcher's traceback."""
-    if isinstance(err, (ScoregeoError, HydraException, OmegaConfBaseException)):
-        return
-    logs = submitit_logs(config)
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    where = f"; its log: {logs}" if logs else ""
-    raise ScoregeoError(f"a job of the sweep failed ({type(err).__name__}: {first}){where}") from None
-
-
 # --------------------------------------------------------------------------- entry points
 
 _INTERRUPTED: dict = {"during": ""}
@@ -494,7 +324,7 @@ def _hydra(app, argv: list[str], prog: str) -> int:
     except REFUSALS as err:
         _fail(err)
     finally:
-        _PREPARED.clear()  # what a sweep's check built serves its own jobs only
+        jobs.PREPARED.clear()  # what a sweep's check built serves its own jobs only
         if main_thread:
             signal.signal(signal.SIGINT, previous_handler)
         sys.argv = previous_argv

@@ -307,7 +307,8 @@ def test_shipped_configs_pass_the_type_checks():
     """No false refusals: every experiment and every option of the checked groups."""
     from hydra import compose, initialize_config_dir
 
-    from scoregeo_cli.app import CONF_DIR, check_types
+    from scoregeo_cli.app import CONF_DIR
+    from scoregeo_cli.jobs import check_types
 
     for overrides in GOOD:
         GlobalHydra.instance().clear()

@@ -74,7 +74,7 @@ def test_help_lists_subcommands():
 
 
 def test_run_folder_names_stay_flat_short_and_unique():
-    from scoregeo_cli.app import run_dirname
+    from scoregeo_cli.resolvers import run_dirname
 
     assert run_dirname("") == "default"
     assert run_dirname("metric.lam=10,n_pairs=2") == "metric.lam=10,n_pairs=2"
@@ -185,7 +185,7 @@ def test_a_launcher_reporting_a_failed_job_ends_in_one_sentence():
     sentence that names the job logs, not the launcher's traceback."""
     from omegaconf import OmegaConf
 
-    from scoregeo_cli.app import report_failed_launch
+    from scoregeo_cli.jobs import report_failed_launch
     from scoregeo_cli.errors import ScoregeoError
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": "/o/sphere"},

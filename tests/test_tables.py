@@ -249,7 +249,7 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
     out = tmp_path / "out"
     job = ["experiment=sd_morphbench", "seed=0", "score.pretrained=/w/sd21"]
     folder = recipes.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
-    from scoregeo_cli.app import run_dirname
+    from scoregeo_cli.resolvers import run_dirname
 
     # as `scoregeo run` names it (a path in a value: slashes become underscores, plus a hash)
     assert folder == out / "sd_morphbench" / run_dirname("score.pretrained=/w/sd21") / "seed=0"

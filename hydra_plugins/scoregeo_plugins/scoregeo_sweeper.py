@@ -125,7 +125,7 @@ class ScoregeoSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: List[str]) -> Any:
-        from scoregeo_cli import app
+        from scoregeo_cli import jobs
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
@@ -134,7 +134,7 @@ class ScoregeoSweeper(Sweeper):
         composed = {tuple(job): compose(self.hydra_context, self.config, job) for job in batch}
         # every job is checked before any starts: one bad job refuses the sweep; jobs that run
         # in this process keep what the check built
-        app.check_jobs(list(composed.values()), keep=in_process)
+        jobs.check_jobs(list(composed.values()), keep=in_process)
         if in_process:
             self.launcher.composed = composed
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -145,9 +145,9 @@ class ScoregeoSweeper(Sweeper):
             for result in results:
                 _ = result.return_value  # a failed job raises its error here
         except Exception as err:  # noqa: BLE001  (a launcher's report of a failed job)
-            app.report_failed_launch(self.config, err)
+            jobs.report_failed_launch(self.config, err)
             raise
         finally:
-            app.tidy_launcher_folders(self.config)
-        app.report_sweep(self.config, batch, results)
+            jobs.tidy_launcher_folders(self.config)
+        jobs.report_sweep(self.config, batch, results)
         return [results]

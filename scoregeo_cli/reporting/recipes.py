@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from scoregeo_cli import app as _app  # noqa: F401  (registers the resolvers run folders are named with)
+from scoregeo_cli import resolvers  # noqa: F401  (registers the resolvers run folders are named with)
 from scoregeo_cli import paths
 from scoregeo_cli.io import files
 from scoregeo_cli.errors import ScoregeoError
