@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoregeo_cli.reporting import recipes, tables
+from scoregeo_cli import reproduce
+from scoregeo_cli.reporting import recipe_figures, recipes, run_folders, tables
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.io.files import atomic_write_json, mark_done
 
@@ -112,14 +113,14 @@ def demo(tmp_path, monkeypatch):
 
 def test_tables_renders_the_expected_markdown(demo, capsys):
     book, out = demo
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
     assert "rendered: demo; incomplete: none" in capsys.readouterr().out
 
 
 def test_latex_and_csv_carry_the_same_cells(demo):
     book, out = demo
-    tables.tables_main(["--recipes", str(book), "--output-root", str(out)])
+    reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)])
     tex = (out / "tables" / "demo.tex").read_text()
     assert r"\textbf{0.02 $\pm$ 0.014 (n=2)}" in tex
     assert r"geodesic error (max) $\downarrow$" in tex and "Commit: abc1234." in tex
@@ -136,7 +137,7 @@ def test_latex_and_csv_carry_the_same_cells(demo):
 def test_missing_runs_are_named_not_rendered(demo, capsys):
     book, out = demo
     (out / "sphere" / "dataset.ambient_dim=10" / "seed=1" / "DONE").unlink()  # interrupted run
-    assert tables.tables_main(["demo", "--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["demo", "--recipes", str(book), "--output-root", str(out)]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines == [f"demo: incomplete, 1 of 4 run(s) not finished (e.g. {out}/sphere/dataset.ambient_dim=10/seed=1); "
@@ -144,10 +145,10 @@ def test_missing_runs_are_named_not_rendered(demo, capsys):
                      "rendered: none; incomplete: demo"]
     assert captured.err == ""
     assert not (out / "tables" / "demo.md").exists()
-    assert tables.tables_main(["demo", "--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
+    assert reproduce.tables_main(["demo", "--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
 
     # --partial renders what is there and says what is not
-    assert tables.tables_main(["demo", "--partial", "--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["demo", "--partial", "--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "demo.md").read_text()
     assert "| codim 8 | geodesic | 0.2 ± 0 (n=1) |" in md
     assert "`sphere/dataset.ambient_dim=10/seed={0,1}`" in md and "(missing: seed 1)" in md
@@ -158,7 +159,7 @@ def test_complete_recipes_render_beside_incomplete_ones(demo, tmp_path, capsys):
     one listed in one line (how many runs it lacks, the command that makes them), exit 0."""
     book, out = demo
     (book / "more.yaml").write_text(DEMO.replace("dataset.ambient_dim=10", "dataset.ambient_dim=20"))
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
     assert not (out / "tables" / "more.md").exists()
@@ -166,7 +167,7 @@ def test_complete_recipes_render_beside_incomplete_ones(demo, tmp_path, capsys):
     assert len(incomplete) == 1 and "2 of 4 run(s) not finished" in incomplete[0]
     assert "make them with `scoregeo reproduce more`" in incomplete[0]
     assert lines[-1] == "rendered: demo; incomplete: more"
-    assert tables.tables_main(["--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
+    assert reproduce.tables_main(["--strict", "--recipes", str(book), "--output-root", str(out)]) == 1
 
 
 def test_a_corrupt_summary_is_named_with_the_command_that_remakes_it(demo, capsys):
@@ -174,7 +175,7 @@ def test_a_corrupt_summary_is_named_with_the_command_that_remakes_it(demo, capsy
     run = out / "sphere" / "default" / "seed=1"
     (run / "command.sh").write_text("scoregeo run experiment=sphere seed=1\n")
     (run / "summary.json").write_text('{"geodesic": {"geodesic_error_max": {"me')  # cut short
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 1
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 1
     captured = capsys.readouterr()
     (line,) = captured.err.splitlines()
     assert line.startswith(f"scoregeo tables: error: demo: {run / 'summary.json'} of a finished run cannot be read (")
@@ -183,31 +184,31 @@ def test_a_corrupt_summary_is_named_with_the_command_that_remakes_it(demo, capsy
 
 
 def test_dry_run_prints_the_sweeps_of_table_synthetic(capsys):
-    assert tables.reproduce_main(["table_synthetic", "--dry-run"]) == 0
+    assert reproduce.reproduce_main(["table_synthetic", "--dry-run"]) == 0
     assert capsys.readouterr().out == textwrap.dedent("""\
         scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=sphere dataset.ambient_dim=3,10,100 seed=0,1,2
         scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=circle seed=0,1,2
         scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' experiment=ellipse dataset.ambient_dim=2,10 seed=0,1,2
         """)
-    assert tables.reproduce_main(["table_synthetic", "output_root=/tmp/x", "--seeds", "4", "--dry-run"]) == 0
+    assert reproduce.reproduce_main(["table_synthetic", "output_root=/tmp/x", "--seeds", "4", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == (
         "scoregeo run -m 'method=[geodesic,geodesic_unit,geodesic_pullback,geodesic_conformal,lerp,slerp]' "
         "experiment=circle seed=4 output_root=/tmp/x")
 
 
 def test_reproduce_passes_overrides_through_and_requires_user_paths(capsys):
-    assert tables.reproduce_main(["table2_morphbench", "score.pretrained=/w/sd21", "dataset.root=/d/mb",
+    assert reproduce.reproduce_main(["table2_morphbench", "score.pretrained=/w/sd21", "dataset.root=/d/mb",
                                   "--dry-run"]) == 0
     assert capsys.readouterr().out == ("scoregeo run -m experiment=sd_morphbench seed=0,1,2 "
                                        "score.pretrained=/w/sd21 dataset.root=/d/mb\n")
     with pytest.raises(ScoregeoError, match=r"needs score.pretrained=\.\.\. and dataset.root=\.\.\."):
-        tables.reproduce_main(["table2_morphbench", "--dry-run"])
+        reproduce.reproduce_main(["table2_morphbench", "--dry-run"])
     with pytest.raises(ScoregeoError, match="use --seeds"):
-        tables.reproduce_main(["table_synthetic", "seed=3", "--dry-run"])
+        reproduce.reproduce_main(["table_synthetic", "seed=3", "--dry-run"])
     with pytest.raises(ScoregeoError, match="is a sweep"):
-        tables.reproduce_main(["table_synthetic", "metric.lam=10,100", "--dry-run"])
+        reproduce.reproduce_main(["table_synthetic", "metric.lam=10,100", "--dry-run"])
     with pytest.raises(ScoregeoError, match="no recipe named 'nope'"):
-        tables.reproduce_main(["nope"])
+        reproduce.reproduce_main(["nope"])
 
 
 def test_reproduce_runs_unfinished_sweeps_then_renders(demo, monkeypatch, capsys):
@@ -220,15 +221,15 @@ def test_reproduce_runs_unfinished_sweeps_then_renders(demo, monkeypatch, capsys
         write_run(out / "sphere" / "default" / "seed=1", RUNS[("sphere/default", 1)])
         return 0
 
-    monkeypatch.setattr(tables.subprocess, "call", fake_run)
+    monkeypatch.setattr(reproduce.subprocess, "call", fake_run)
     argv = ["demo", f"output_root={out}", "--recipes", str(book)]
-    assert tables.reproduce_main(argv) == 0
+    assert reproduce.reproduce_main(argv) == 0
     assert len(calls) == 1  # the other sweep is finished: not launched
     assert calls[0][1:] == ["-m", "scoregeo_cli.cli", "run", "-m", "experiment=sphere", "seed=0,1",
                             f"output_root={out}"]
     assert (out / "tables" / "demo.md").read_text() == EXPECTED_MD
     assert "all 2 runs finished: scoregeo run -m experiment=sphere dataset.ambient_dim=10" in capsys.readouterr().out
-    assert tables.reproduce_main(argv) == 0 and len(calls) == 1  # everything finished: nothing runs
+    assert reproduce.reproduce_main(argv) == 0 and len(calls) == 1  # everything finished: nothing runs
 
 
 def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
@@ -248,7 +249,7 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
         """))
     out = tmp_path / "out"
     job = ["experiment=sd_morphbench", "seed=0", "score.pretrained=/w/sd21"]
-    folder = recipes.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
+    folder = run_folders.DirnameRule.from_conf().folder(out, "sd_morphbench", job, 0)
     from scoregeo_cli.resolvers import run_dirname
 
     # as `scoregeo run` names it (a path in a value: slashes become underscores, plus a hash)
@@ -258,7 +259,7 @@ def test_runs_with_user_paths_are_found_without_them(tmp_path, monkeypatch):
     summary = yaml.safe_load((folder / "summary.json").read_text())
     summary["lerp"]["fid"]["n_nonfinite"] = 2  # two pairs gave NaN: flagged, not hidden
     atomic_write_json(folder / "summary.json", summary)
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "sd.md").read_text()
     assert "| geodesic | **80 ± 0 (n=1)** |" in md
     assert "| roundtrip | 10 ± 0 (n=1) |" in md and "roundtrip: reference, not ranked" in md
@@ -297,7 +298,7 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
         plt.imsave(run / "noise_diagnostics.png", np.zeros((8, 16)))
         (run / "sub").mkdir()
         plt.imsave(run / "sub" / "b.png", np.ones((8, 16)))
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     md = (out / "tables" / "noise.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| sigma")]
     assert rows == ["| sigma=0.05 | 120 ± 0.71 (n=2) |", "| sigma=0.1 | 170 ± 0.71 (n=2) |",
@@ -309,7 +310,7 @@ def test_panels_and_level_plot(tmp_path, monkeypatch, capsys):
 
     (out / "sphere" / "default" / "seed=0" / "noise_diagnostics.png").unlink()
     capsys.readouterr()
-    assert tables.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["noise", "--recipes", str(book), "--output-root", str(out)]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("noise: incomplete, 1 file(s) its figures show missing from finished runs (e.g. "
                            f"{out / 'sphere' / 'default' / 'seed=0' / '*.png'}; ")
@@ -377,7 +378,7 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
             rows += [row(p, "geodesic", "converged", float(p % 3 != 0)) for p in range(6)]
             write_run(run, {"geodesic": {"psnr": 0.0}, "lerp": {"psnr": 0.0}})
             atomic_write_text(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    assert tables.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
+    assert reproduce.tables_main(["--recipes", str(book), "--output-root", str(out)]) == 0
     csv = (out / "tables" / "pooled.csv").read_text().splitlines()
     md = (out / "tables" / "pooled.md").read_text()
     for sigma, label in ((0.1, "s1"), (0.2, "s2")):
@@ -392,8 +393,8 @@ def test_pooled_columns_pool_the_pairs_of_all_seeds_and_the_paired_figure_draws_
     assert "pooled over the pairs of all seeds (12 pairs in every cell)" in md
     for suffix in ("png", "pdf", "md"):
         assert (out / "figures" / f"gain.{suffix}").stat().st_size > 0
-    points = tables.paired_points(recipes.load(book / "pooled.yaml").figures[0],
-                                  [tables.rc.RunLocator(out, [], []).locate(g, [0, 1])
+    points = recipe_figures.paired_points(recipes.load(book / "pooled.yaml").figures[0],
+                                  [run_folders.RunLocator(out, [], []).locate(g, [0, 1])
                                    for g in recipes.load(book / "pooled.yaml").figures[0].groups])
     assert [p["x"] for p in points] == [0.1, 0.2]
     assert [round(p["y"].mean, 12) for p in points] == [round(float(np.mean(diffs[s])), 12) for s in (0.1, 0.2)]
