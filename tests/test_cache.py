@@ -122,7 +122,7 @@ def test_a_sweep_reuses_baselines_and_reference_features_with_identical_results(
 def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, interpolation, quadrature):
     from scoregeo_cli.data.synthetic import Sphere
     from scoregeo_cli.geometry.stein import SteinMetric
-    from scoregeo_cli.tasks.images import _Memo
+    from scoregeo_cli.evaluation.image_runs import FrameMemo
 
     sphere = Sphere(2, 3, centre_offset=0.5, seed=0)
     score = sphere.exact_score(0.15)
@@ -156,10 +156,10 @@ def test_stein_energy_parts_are_free_of_lam_and_serve_a_lam_sweep(tmp_path, inte
     torch.testing.assert_close(metric(0.0).energy(path), kinetic, rtol=1e-13, atol=0)
     # the cache keeps the parts: lam 999 after lam 1000 costs no score evaluation
     cache = Cache(tmp_path)
-    first = _Memo(cache, "space", metric(1000.0), "alex").energy(path)
+    first = FrameMemo(cache, "space", metric(1000.0), "alex").energy(path)
     sweep = metric(999.0)
     calls = score.calls
-    second = _Memo(cache, "space", sweep, "alex").energy(path)
+    second = FrameMemo(cache, "space", sweep, "alex").energy(path)
     assert score.calls == calls and cache.report()["energy_terms"] == {"reused": 1, "computed": 1}
     torch.testing.assert_close(first, kinetic + 1000.0 * score_part, rtol=1e-13, atol=0)
     torch.testing.assert_close(second, sweep.energy(path), rtol=1e-13, atol=0)

@@ -9,7 +9,7 @@ from scoregeo_cli.data.rotated_mnist import RotatedDigits
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.methods.base import MethodPath
 from scoregeo_cli.scores.orbit import orbit_score
-from scoregeo_cli.tasks.images import _score_error_rows, exact_score
+from scoregeo_cli.evaluation.image_runs import exact_score, score_error_rows
 
 
 class Scaled:
@@ -29,11 +29,11 @@ def test_score_error_is_zero_for_the_oracle_and_c_squared_for_a_scaled_score():
     path = torch.randn(2, 5, exact.dim, generator=g, dtype=torch.float64) * 0.5
     results = {"geodesic": MethodPath(path), "pixel_lerp": MethodPath(path, at_level=False),
                "failed": MethodPath(path, error="diverged")}
-    rows = {(r["pair"], r["method"]): r["value"] for r in _score_error_rows([3, 4], exact, exact, results)}
+    rows = {(r["pair"], r["method"]): r["value"] for r in score_error_rows([3, 4], exact, exact, results)}
     assert rows[3, "geodesic"] == 0.0 and rows[4, "geodesic"] == 0.0
     assert (3, "pixel_lerp") not in rows  # clean-data paths have no level-t score
     assert rows[3, "failed"] != rows[3, "failed"]  # NaN
-    rows = {(r["pair"], r["method"]): r["value"] for r in _score_error_rows([0, 1], Scaled(exact, 0.3), exact, results)}
+    rows = {(r["pair"], r["method"]): r["value"] for r in score_error_rows([0, 1], Scaled(exact, 0.3), exact, results)}
     assert rows[0, "geodesic"] == pytest.approx(0.09, rel=1e-12) and rows[1, "geodesic"] == pytest.approx(0.09, rel=1e-12)
 
 

@@ -135,7 +135,8 @@ def test_oracle_geodesic_stays_closer_to_the_orbit_than_lerp():
     from scoregeo_cli.methods.geodesic import Geodesic
     from scoregeo_cli.scores.orbit import orbit_score
     from scoregeo_cli.spaces import PixelDiffusionSpace
-    from scoregeo_cli.tasks.images import ImageTask, _orbit_rows
+    from scoregeo_cli.evaluation.image_runs import orbit_rows
+    from scoregeo_cli.tasks.images import ImageTask
 
     data = RotatedDigits(source="digits")  # the case this test was set on: a scikit-learn digit
     gen = torch.Generator().manual_seed(0)
@@ -149,7 +150,7 @@ def test_oracle_geodesic_stays_closer_to_the_orbit_than_lerp():
     results = run_methods({"geodesic": Geodesic(), "lerp": Lerp()}, ends, plan, gen, verbose=False)
     frames, _, _ = ImageTask._to_images(space, results, ends)
     rows = {(r["method"], r["metric"]): r["value"] for r in
-            _orbit_rows([0], data, space, results, frames, torch.linspace(0, 1, 6, dtype=torch.float64), 0.5)}
+            orbit_rows([0], data, space, results, frames, torch.linspace(0, 1, 6, dtype=torch.float64), 0.5)}
     assert rows["geodesic", "orbit_excess_max"] < 0.7 * rows["lerp", "orbit_excess_max"]
     assert rows["geodesic", "angle_error"] < rows["lerp", "angle_error"] - 2.0  # degrees
 

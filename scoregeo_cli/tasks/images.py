@@ -26,7 +26,6 @@ Node i of N sits at fraction i/(N-1) of the way from a to b; extrapolated point 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +34,15 @@ import torch
 from omegaconf import DictConfig
 
 from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
-from scoregeo_cli.io.cache import Cache, digest, file_digest
 from scoregeo_cli.errors import ScoregeoError
-from scoregeo_cli.methods import Plan, build_methods, check_methods
-from scoregeo_cli.io import progress
-from scoregeo_cli.reporting.figures import save_frames, save_strip
+from scoregeo_cli.evaluation.image_runs import (FrameMemo, SetMetrics, exact_score, framewise, orbit_rows,
+                                                score_error_rows)
 from scoregeo_cli.evaluation.rows import row
+from scoregeo_cli.io import progress
+from scoregeo_cli.io.cache import Cache
 from scoregeo_cli.io.files import atomic_write_json
+from scoregeo_cli.methods import Plan, build_methods, check_methods
+from scoregeo_cli.reporting.figures import save_frames, save_strip
 from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
 LPIPS_NETS = ("alex", "vgg")
@@ -143,9 +144,9 @@ class ImageTask:
         atomic_write_json(run_dir / "pairs.json", dataset.records())
 
         cache = Cache(Path(cfg.output_root) / ".cache", enabled=bool(cfg.get("cache", True)))
-        fid = _SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, cache) if ev.fid else None
+        fid = SetMetrics(cfg, dataset, list(methods), n_pairs, n_nodes, plan, cache) if ev.fid else None
         fractions = torch.linspace(0, 1, n_nodes, dtype=torch.float64)
-        memo = _Memo(cache, getattr(space, "fingerprint", lambda: None)(), metric, ev.lpips_net)
+        memo = FrameMemo(cache, getattr(space, "fingerprint", lambda: None)(), metric, ev.lpips_net)
         plan.cache = cache  # geodesic solves are reused across runs that differ only after them
         rows: list[dict] = []
         strips_left = n_pairs if ev.get("strips") is None else int(ev.strips)
@@ -164,12 +165,12 @@ class ImageTask:
                 rows += self._pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext,
                                         ev.lpips_net, memo)
                 if hasattr(dataset, "orbit"):
-                    rows += _orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
+                    rows += orbit_rows(batch, dataset, space, results, frames, fractions, float(ev.get("orbit_step", 0.5)))
                 if exact is not None:
-                    rows += _score_error_rows(batch, score, exact, results)
+                    rows += score_error_rows(batch, score, exact, results)
                 if truth is not None and denoised_ends is not None:
                     true_ends = torch.stack([truth[:, 0], truth[:, -1]], 1)
-                    roundtrip = _framewise(denoised_ends, true_ends, ev.lpips_net)
+                    roundtrip = framewise(denoised_ends, true_ends, ev.lpips_net)
                     rows += [row(p, "roundtrip", k, float(v[k_].mean())) for k_, p in enumerate(batch)
                              for k, v in roundtrip.items()]
                 if fid is not None:
@@ -241,11 +242,11 @@ class ImageTask:
     @staticmethod
     def _pair_rows(batch, dataset, metric, results, frames, frames_ext, truth, truth_ext, net,
                    memo=None) -> list[dict]:
-        """Rows of every method for the pairs of ``batch``. ``memo`` (a ``_Memo``) reuses frame
+        """Rows of every method for the pairs of ``batch``. ``memo`` (a ``FrameMemo``) reuses frame
         metrics and energies computed before on exactly the same inputs."""
         from scoregeo_cli.evaluation.path import path_metrics
 
-        memo = memo or _Memo(None, None, metric, net)
+        memo = memo or FrameMemo(None, None, metric, net)
         rows = []
         for method, result in progress.steps(list(results.items()), desc="frame metrics", unit="method"):
             if result.error is not None:  # a failed method: its rows say NaN, nothing is hidden
@@ -297,220 +298,3 @@ def _wants_dataset(score_cfg) -> bool:
         return "dataset" in inspect.signature(get_method(score_cfg._target_)).parameters
     except Exception:  # an unresolvable target is reported when the score is built
         return False
-
-
-@torch.no_grad()
-def _orbit_rows(batch, dataset, space, results, frames, fractions, step: float) -> list[dict]:
-    """Geometry against the rotation orbit of each pair's own digit (a grid of ``step`` degrees
-    over the training range): ``orbit_distance_max``, the largest distance of an interior node
-    at level t to the noised orbit, min_k |x - sqrt(abar_t) y_k| (paths at level t only),
-    and ``orbit_excess_max``, the same above the mean of the two ends' distances (which the
-    shared noise sets: 0 is as close as the endpoints); and
-    ``angle_error`` / ``angle_error_max``, the mean / largest |angle of the nearest true
-    rotation to a denoised interior frame - the node's ideal angle|, degrees."""
-    lo, hi = dataset.train_angles
-    grid = torch.arange(lo, hi + 1e-9, step, dtype=torch.float64)
-    orbit = dataset.orbit(grid, batch).flatten(2)  # (B, G, D) in [0, 1]
-    ideal = dataset.angles(batch, fractions)[:, 1:-1]  # (B, N-2)
-    level = math.sqrt(getattr(space, "abar_t", 1.0)) * (2 * orbit.double() - 1)
-    rows = []
-    for method, result in results.items():
-        values = {}
-        if result.error is not None:
-            nan = torch.full((len(batch),), float("nan"))
-            values = {"angle_error": nan, "angle_error_max": nan}
-            if result.at_level:
-                values.update(orbit_distance_max=nan, orbit_excess_max=nan)
-            rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
-            continue
-        if result.at_level:
-            dist = torch.cdist(result.path.double(), level).amin(-1)  # (B, N)
-            values["orbit_distance_max"] = dist[:, 1:-1].amax(-1)
-            # above the ends' own distance (the shared noise): 0 = as close as the endpoints
-            values["orbit_excess_max"] = (dist[:, 1:-1] - 0.5 * (dist[:, :1] + dist[:, -1:])).amax(-1)
-        inner = frames[method][:, 1:-1].flatten(2).double()
-        nearest = torch.cdist(inner, orbit.double()).argmin(-1)  # (B, N-2)
-        err = (grid[nearest] - ideal).abs()
-        values["angle_error"], values["angle_error_max"] = err.mean(-1), err.amax(-1)
-        rows += [row(p, method, key, float(v[k])) for key, v in values.items() for k, p in enumerate(batch)]
-    return rows
-
-
-def exact_score(score, dataset):
-    """``eval.score_error``: the exact score of the orbit set at the run's level and schedule
-    (the run's own score when it is that oracle); one sentence where it is undefined."""
-    from scoregeo_cli.scores.orbit import OrbitScore, orbit_score
-
-    if getattr(dataset, "pair_split", None) != "orbit_set":
-        raise ScoregeoError("eval.score_error measures the score against the exact score of the orbit set; "
-                            "it needs rotated digits with dataset.pair_split=orbit_set")
-    for candidate in (score, getattr(score, "exact", None)):  # the oracle itself, or score=blend's
-        if isinstance(candidate, OrbitScore):
-            return candidate
-    if not hasattr(score, "alphas_cumprod") or not hasattr(score, "t"):
-        raise ScoregeoError(f"eval.score_error needs a score on the diffusion levels (a UNet or score=orbit), "
-                            f"not {type(score).__name__}")
-    return orbit_score(dataset, t=score.t, alphas_cumprod=score.alphas_cumprod)
-
-
-@torch.no_grad()
-def _score_error_rows(batch, score, exact, results) -> list[dict]:
-    """``score_error``: per pair, the run's score against the exact orbit-set score on the
-    interior nodes of each method's path at level t, sum |s - s*|^2 / sum |s*|^2 over them
-    (``studies/fidelity.py``'s relative error on the points the method visits; 0 for the oracle)."""
-    rows = []
-    for method, result in results.items():
-        if not result.at_level:
-            continue
-        if result.error is not None:
-            rows += [row(p, method, "score_error", float("nan")) for p in batch]
-            continue
-        inner = result.path[:, 1:-1]
-        flat = inner.reshape(-1, inner.shape[-1])
-        s, e = score(flat).double().reshape(inner.shape), exact(flat).double().reshape(inner.shape)
-        ratio = ((s - e) ** 2).sum((-1, -2)) / (e ** 2).sum((-1, -2))
-        rows += [row(p, method, "score_error", float(ratio[k])) for k, p in enumerate(batch)]
-    return rows
-
-
-class _Memo:
-    """Frame metrics and path energies through the cache: the baselines' frames and paths do not
-    change when a solver or metric is swept. Keys hold the exact frames (and truth) or path, the
-    LPIPS weights by value, and for energies the metric's parameters and the space's fingerprint
-    (no energy caching when the space has none); the Stein metric's energy is cached as its two
-    lam-free parts, so a lam sweep reuses them too."""
-
-    def __init__(self, cache, space_fingerprint: str | None, metric, net: str):
-        self.cache = cache if cache is not None and cache.root is not None else None
-        self.metric, self.net = metric, net
-        self.lpips = ""
-        self.metric_id = None
-        if self.cache is not None:
-            from scoregeo_cli.io import weights
-
-            self.lpips = file_digest(weights.require_lpips(net))
-            if space_fingerprint is not None:
-                # a metric whose energy splits into parts free of lam is keyed without lam
-                split = hasattr(metric, "energy_terms")
-                params = sorted((k, v) for k, v in vars(metric).items() if isinstance(v, (int, float, str, bool))
-                                and not (split and k == "lam"))
-                self.metric_id = digest(type(metric).__name__, params, space_fingerprint)
-
-    def _get(self, kind: str, parts: list, compute):
-        if self.cache is None:
-            return compute()
-        return self.cache.get(kind, digest(kind, *parts), compute)
-
-    def framewise(self, frames: torch.Tensor, truth: torch.Tensor) -> dict[str, torch.Tensor]:
-        stacked = self._get("framewise", [self.lpips, self.net, frames, truth], lambda: torch.stack(
-            [v.double().cpu() for v in _framewise(frames, truth, self.net).values()]))
-        return dict(zip(("psnr", "ssim", "lpips"), stacked))
-
-    def consecutive(self, frames: torch.Tensor) -> torch.Tensor:
-        """LPIPS between consecutive frames, (P, F-1), for frames (P, F, C, H, W)."""
-        from scoregeo_cli.evaluation.path import consecutive_lpips
-
-        return self._get("consecutive", [self.lpips, self.net, frames], lambda: torch.stack(
-            [consecutive_lpips(f, net=self.net).double().cpu() for f in frames]))
-
-    @torch.no_grad()
-    def energy(self, path: torch.Tensor) -> torch.Tensor:
-        if self.metric_id is None:
-            return self.metric.energy(path)
-        if hasattr(self.metric, "energy_terms"):  # cached parts serve every lam of a sweep
-            kinetic, score_part = self._get("energy_terms", [self.metric_id, path], lambda: torch.stack(
-                self.metric.energy_terms(path)).cpu())
-            return kinetic + self.metric.lam * score_part
-        return self._get("energy", [self.metric_id, path], lambda: self.metric.energy(path).cpu())
-
-
-def _framewise(frames: torch.Tensor, truth: torch.Tensor, net: str) -> dict[str, torch.Tensor]:
-    """PSNR, SSIM, LPIPS of frames (P, F, C, H, W) against truth of the same shape -> (P, F) each."""
-    from scoregeo_cli.evaluation.images import lpips_distance, psnr, ssim
-
-    p, f = frames.shape[:2]
-    x, y = frames.reshape(p * f, *frames.shape[2:]), truth.reshape(p * f, *truth.shape[2:]).clamp(0, 1)
-    return {"psnr": psnr(x, y).reshape(p, f), "ssim": ssim(x, y).reshape(p, f),
-            "lpips": lpips_distance(x, y, net=net).reshape(p, f)}
-
-
-class _SetMetrics:
-    """FID/KID of intermediate (and extrapolated) frames per method against reference images.
-
-    ``eval.fid_frames`` frames per method are drawn at random (null: all) before any frame
-    exists, so Inception runs only on the drawn ones, batch by batch; reference features come
-    from ``dataset.reference`` (``eval.fid_real`` images) or, when the dataset has none, from
-    the input images of every pair.
-    """
-
-    def __init__(self, cfg, dataset, methods, n_pairs, n_nodes, plan, cache):
-        from scoregeo_cli.io import weights
-        from scoregeo_cli.evaluation.images import inception_features
-
-        ev = cfg.eval
-        self.ev, self.cache, self._inception = ev, cache, inception_features
-        self.batch = int(ev.inception_batch)
-        self.resize = ev.get("fid_resize", "tf1_bilinear")
-        self.network = file_digest(weights.require_inception()) if cache.root is not None else ""
-        gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
-        n_real = None if ev.get("fid_real") is None else int(ev.fid_real)
-        real = dataset.reference(n_real, gen, (0.0, 1.0))
-        self.real = None if real is None else self.features(real)
-        self.real_ext = None
-        if plan.extrapolate:
-            real_ext = dataset.reference(n_real, gen, (1.0, 1.0 + plan.shooter.duration))
-            self.real_ext = None if real_ext is None else self.features(real_ext)
-        self.inputs: list[torch.Tensor] = []
-        sizes = {"": n_pairs * (n_nodes - 2), "extrapolation_": n_pairs * plan.shooter.steps}
-        prefixes = ["", "extrapolation_"] if plan.extrapolate else [""]
-        self.picks, self.fake, self.finite = {}, {}, {}
-        for method in methods:
-            for prefix in prefixes:
-                total = sizes[prefix]
-                k = total if ev.get("fid_frames") is None else int(ev.fid_frames)
-                chosen = torch.zeros(total, dtype=torch.bool)
-                chosen[torch.randperm(total, generator=gen)[:k]] = True
-                self.picks[method, prefix] = chosen
-                self.fake[method, prefix], self.finite[method, prefix] = [], True
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Inception features of images (N, C, H, W), from the cache when these exact images
-        met this network with this resize before."""
-        key = digest("inception", self.network, self.resize, images)
-        return self.cache.get("inception", key, lambda: self._inception(images, self.batch, resize=self.resize).cpu())
-
-    def add(self, batch, images_a, images_b, frames, frames_ext) -> None:
-        if self.real is None:
-            self.inputs.append(self.features(torch.cat([images_a, images_b])))
-        for (method, prefix), chosen in self.picks.items():
-            source = frames.get(method) if prefix == "" else frames_ext.get(method)
-            if source is None:
-                continue
-            inner = source[:, 1:-1] if prefix == "" else source[:, 1:]
-            per_pair = inner.shape[1]
-            mask = chosen.reshape(-1, per_pair)[batch[0]:batch[-1] + 1].reshape(-1)
-            picked = inner.reshape(-1, *inner.shape[2:])[mask]
-            if not bool(torch.isfinite(inner).all()):  # a failed extrapolation
-                self.finite[method, prefix] = False
-            elif len(picked):
-                self.fake[method, prefix].append(self.features(picked))
-
-    def rows(self) -> list[dict]:
-        from scoregeo_cli.evaluation.images import fid_from_features, kid_from_features, kid_subset_size_for
-
-        real = self.real if self.real is not None else torch.cat(self.inputs)
-        references = {"": real, "extrapolation_": self.real_ext}
-        rows = []
-        for (method, prefix), parts in self.fake.items():
-            reference = references[prefix]
-            if not self.finite[method, prefix] or not parts or reference is None:
-                rows += [row(-1, method, f"{prefix}{k}", float("nan")) for k in ("fid", "kid", "kid_std")]
-                continue
-            fake = torch.cat(parts)
-            kid, kid_std = kid_from_features(reference, fake, self.ev.kid_subset_size)
-            subset = kid_subset_size_for(len(reference), len(fake), self.ev.kid_subset_size)
-            scope = f"{len(reference)} reference images vs {len(fake)} frames, KID subsets of {subset}"
-            rows += [row(-1, method, f"{prefix}fid", fid_from_features(reference, fake), name=scope),
-                     row(-1, method, f"{prefix}kid", kid, name=scope),
-                     row(-1, method, f"{prefix}kid_std", kid_std, name=scope)]
-        return rows
