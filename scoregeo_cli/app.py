@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,7 +30,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from scoregeo_cli import jobs, paths
 from scoregeo_cli import resolvers  # noqa: F401  (registers the resolvers run folders are named with)
@@ -131,7 +132,39 @@ def one_sentence(text: str) -> str:
     return "; ".join(p.rstrip(".") if i < len(parts) - 1 else p for i, p in enumerate(parts))
 
 
+def _unknown_key(err: BaseException) -> str | None:
+    """Hydra's "Could not override 'KEY'" (a key the config does not have) as the sentence
+    ``+KEY=...`` gets too: the options of the object the key would configure, or the
+    nearest known key (Hydra's hint to append it would have the run ignore it)."""
+    cause = err.__cause__
+    found = re.match(r"Could not override '([^']+)'", str(err))
+    parent = getattr(cause, "parent_node", None)
+    if not found or not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or parent is None:
+        return None
+    try:
+        return jobs.unknown_key_sentence(found.group(1), parent._get_root())
+    except Exception:  # noqa: BLE001  (Hydra's own sentence then)
+        return None
+
+
+def _unloadable_option(err: BaseException) -> str | None:
+    """Hydra's "Could not load 'method/NAME'" (an option of a list group, which Hydra
+    reports without the options) with the group's options, as for the other groups."""
+    found = re.search(r"Could not load '([\w/]+)/([^']+)'", str(err))
+    if not found:
+        return None
+    group = found.group(1)
+    names = sorted(p.stem for p in (paths.CONF_DIR / group).glob("*.yaml"))
+    if not names:
+        return None
+    return f"{one_sentence(str(err)).rstrip('.')}; Available options in '{group}': {', '.join(names)}"
+
+
 def error_sentence(err: BaseException) -> str:
+    if isinstance(err, HydraException):
+        sentence = _unknown_key(err) or _unloadable_option(err)
+        if sentence:
+            return sentence
     if isinstance(err, MissingMandatoryValue):
         key = getattr(err, "full_key", "") or "a value"
         return f"{key} is required but not set; pass it as an override, e.g. {key}=..."

@@ -111,6 +111,21 @@ def _target_parameters(target: str, key: str):
 _PARAMETERS: dict = {}  # target -> its signature's parameters (None: no signature); a sweep's jobs share it
 
 
+def options(node, key: str) -> list[str] | None:
+    """What a config node with a ``_target_`` may set: its target's parameters that have
+    defaults or are set in the node (the others, e.g. a metric's score, are supplied by the
+    code that completes a partial); None when the target has no signature or takes any
+    keyword (``**kwargs``)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
+    params = _target_parameters(str(node["_target_"]), key)
+    if params is None or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [n for n, p in params.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY) and n != "self"
+            and (n in node or p.default is not p.empty)]
+
+
 def check_node(node, key: str) -> None:
     """Check one config node with a ``_target_`` (and the nodes inside it) against the
     signature of its target: unknown keys and mistyped values end in one sentence."""
@@ -133,11 +148,8 @@ def check_node(node, key: str) -> None:
         if name not in named:
             if open_ended:
                 continue
-            # what the config may set: parameters with defaults or set there (the others,
-            # e.g. a metric's score, are supplied by the code that completes a partial)
-            settable = [n for n, p in named.items() if n in node or p.default is not p.empty]
             raise ScoregeoError(f"{full} is not an option of {key} ({node['_target_']}); "
-                                f"it takes: {', '.join(settable) or 'nothing'}")
+                                f"it takes: {', '.join(options(node, key) or []) or 'nothing'}")
         if isinstance(value, dict) and "_target_" in value:
             check_node(value, full)
             continue

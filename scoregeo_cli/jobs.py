@@ -12,6 +12,7 @@ same process is kept for it (``PREPARED``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 from pathlib import Path
 
 import yaml
@@ -20,7 +21,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from scoregeo_cli.build import check_config, check_finite, check_unique_methods, check_value, instantiate
+from scoregeo_cli import paths
+from scoregeo_cli.build import (check_config, check_finite, check_unique_methods, check_value, instantiate,
+                                 options)
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.io import files
 
@@ -58,10 +61,97 @@ def check_types(cfg: DictConfig, overrides: list[str] | None = None) -> None:
         for key, words in EVAL_TYPES.items():
             if key in cfg.eval and not OmegaConf.is_missing(cfg.eval, key):
                 check_value(f"eval.{key}", plain(cfg.eval[key]), words)
+    if overrides:
+        check_added_keys(cfg, overrides)
     check_config(cfg)
     check_finite(cfg)
     if overrides:
         check_unique_methods(overrides)
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+def known_keys(cfg: DictConfig) -> list[str]:
+    """Every key of a composed config as a dotted path (``hydra`` aside), nodes and leaves."""
+    out: list[str] = []
+
+    def walk(value, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if key or name != "hydra":
+                    full = f"{key}.{name}" if key else str(name)
+                    out.append(full)
+                    walk(item, full)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def unknown_key_sentence(key: str, cfg: DictConfig) -> str | None:
+    """The sentence that refuses an override of ``key``, which ``cfg`` (the config composed
+    without it) does not have: the option list of the object it would configure, or the
+    nearest known key. None when the object's constructor takes it (``+key=...`` sets it)."""
+    parts = key.split(".")
+    experiment = OmegaConf.select(cfg, "experiment_name", default=None, throw_on_missing=False)
+    of = f" of experiment {experiment}" if isinstance(experiment, str) and experiment != "???" else ""
+    for i in range(len(parts) - 1, 0, -1):
+        owner = ".".join(parts[:i])
+        node = OmegaConf.select(cfg, owner, default=None, throw_on_missing=False)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            takes = options(node, owner)
+            if takes is None or (i == len(parts) - 1 and parts[i] in takes):
+                return None
+            near = difflib.get_close_matches(parts[i], takes, n=1, cutoff=0.6)
+            return (f"{key}: the {owner}{of} ({node._target_}) has no option {parts[i]}; it takes: "
+                    f"{', '.join(takes) or 'nothing'}" + (f" (nearest: {owner}.{near[0]})" if near else ""))
+    near = difflib.get_close_matches(key, known_keys(cfg), n=1, cutoff=0.6)
+    hint = (f"the nearest known key is {near[0]}" if near
+            else "`scoregeo run --cfg job` prints every key")
+    return f"unknown key {key}: the config{of} has no such key; {hint}"
+
+
+def _is_group(name: str) -> bool:
+    """Whether ``name`` (``dataset`` or ``hydra/launcher``) is a config group of conf/."""
+    return (paths.CONF_DIR / name.replace(".", "/")).is_dir()
+
+
+def check_added_keys(cfg: DictConfig, overrides: list[str]) -> None:
+    """Refuse ``+key=value`` and ``++key=value`` of a key the config does not have and no
+    constructor takes: Hydra adds it and the run would ignore it. Named with the nearest key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.is_hydra_override()
+             and not _is_group(o.key_or_group)]
+    if not added:
+        return
+    base = _composed_without(cfg, [o.input_line for o in parsed if o not in added], [o.key_or_group for o in added])
+    for o in added:
+        if OmegaConf.select(base, o.key_or_group, default=None, throw_on_missing=False) is not None:
+            continue  # ++ of a key the config has: a plain override
+        sentence = unknown_key_sentence(o.key_or_group, base)
+        if sentence is not None:
+            raise ScoregeoError(sentence)
+
+
+def _composed_without(cfg: DictConfig, others: list[str], added: list[str]) -> DictConfig:
+    """The config composed without the added keys: Hydra's compose of the other overrides
+    where Hydra is initialised (inside ``scoregeo run``), else ``cfg`` with those keys removed."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        with contextlib.suppress(HydraException, OmegaConfBaseException, ValueError):
+            return compose(config_name="config", overrides=others)
+    data = OmegaConf.to_container(cfg, resolve=False)
+    for key in added:
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return OmegaConf.create(data)
 
 
 def _configuration(overrides: list[str], experiment: str | None) -> set:

@@ -196,7 +196,7 @@ CASES = [
     ("n_pairs_word", ["n_pairs=abc"], "n_pairs must be an integer, got 'abc'", "in"),
     ("sigma_word", ["score.sigma=abc"], "score.sigma must be a number, got 'abc'", "in"),
     ("seed_word", ["seed=abc"], "seed must be an integer, got 'abc'", "in"),
-    ("unknown_argument", ["+metric.lamda=5"], "metric.lamda is not an option of metric", "in"),
+    ("unknown_argument", ["+metric.lamda=5"], "metric.lamda: the metric of experiment sphere", "in"),
     ("nodes_fraction", ["solver.nodes=2.5"], "solver.nodes must be an integer, got 2.5", "in"),
     ("angles_words", ["dataset.angle_range=[a,b]"], "dataset.angle_range must be a list of numbers", "in"),
     ("figure_word", ["eval.figure=maybe"], "eval.figure must be true or false, got 'maybe'", "in"),
@@ -206,10 +206,29 @@ CASES = [
     ("sigmas_word", ["experiment=sphere_noise", "eval.sigmas=abc"], "eval.sigmas must be a list, got 'abc'", "in"),
     ("lam_word_process", ["metric.lam=abc"], "metric.lam must be a number, got 'abc'", "sub"),
     # Hydra's composition and override errors
-    ("method_unknown", ["method=[nosuch]"], "Could not load 'method/nosuch'", "in"),
+    ("method_unknown", ["method=[nosuch]"],
+     "Could not load 'method/nosuch'; Available options in 'method': geodesic, geodesic_conformal", "in"),
     ("experiment_unknown", ["experiment=nosuch"], "Available options in 'experiment': circle, ellipse", "in"),
     ("solver_unknown", ["solver=newton"], "Could not find 'solver/newton'", "in"),
-    ("key_unknown", ["metric.lamda=5"], "Could not override 'metric.lamda'", "in"),
+    ("key_unknown", ["metric.lamda=5"], "metric.lamda: the metric of experiment sphere "
+     "(scoregeo_cli.geometry.stein.SteinMetric) has no option lamda; it takes: lam, normalize", "in"),
+    # an unknown key, with or without +: refused naming the nearest key (not Hydra's hint to
+    # append it, which ran and ignored it); the sphere's score has no level t
+    ("key_misspelt", ["experiment=sphere", "metrc.lam=10"],
+     "unknown key metrc.lam: the config of experiment sphere has no such key; the nearest known key is metric.lam",
+     "in"),
+    ("key_misspelt_added", ["experiment=sphere", "+metrc.lam=10"], "the nearest known key is metric.lam", "in"),
+    ("key_misspelt_force_added", ["experiment=sphere", "++metrc.lam=10"], "the nearest known key is metric.lam",
+     "in"),
+    ("key_misspelt_added_sweep", lambda tmp: ["-m", f"output_root={tmp}/out", "experiment=sphere", "+metrc.lam=10",
+                                              "seed=0,1"],
+     "the nearest known key is metric.lam", "in"),
+    ("eval_key_added", ["experiment=sphere", "+eval.fgure=false"], "the nearest known key is eval.figure", "in"),
+    ("sphere_score_has_no_t", ["experiment=sphere", "score.t=-3"],
+     "score.t: the score of experiment sphere (scoregeo_cli.scores.analytic.analytic_score) has no option t; "
+     "it takes: sigma", "in"),
+    ("sphere_score_has_no_t_added", ["experiment=sphere", "+score.t=-3"],
+     "score.t: the score of experiment sphere", "in"),
     ("override_syntax", ["metric.lam=["], "no viable alternative at input '['", "in"),
     ("experiment_unknown_process", ["experiment=nosuch"], "Could not find 'experiment/nosuch'", "sub"),
     # constructor errors that Hydra used to wrap
