@@ -45,21 +45,25 @@ DEFAULT_SOLVERS = {"sphere": SOLVERS, "mnist": ("fixed_point", "gauss_newton")}
 SLOW_ON_UNET = ("adam_reference", "adam")  # run on the UNet only with --unet-adam
 
 
+def compose_config(overrides: list[str]):
+    """The config of `scoregeo run` with ``overrides``. Hydra's basic sweeper and launcher
+    stand in for scoregeo's: only the app registers those (the bench runs no sweep), and
+    a composition from outside the repository would not find them otherwise."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(paths.CONF_DIR)):
+            return compose("config", overrides=[*overrides, "hydra/sweeper=basic", "hydra/launcher=basic"])
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def solver_from_config(name: str, nodes: int):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(paths.CONF_DIR)):
-        cfg = compose("config", overrides=[f"solver={name}", f"solver.nodes={nodes}"])
-    GlobalHydra.instance().clear()
-    return instantiate(cfg.solver)
+    return instantiate(compose_config([f"solver={name}", f"solver.nodes={nodes}"]).solver)
 
 
 def metric_from_config(score, normalize: str = "none"):
     """The default metric of `scoregeo run` (conf/metric) on ``score``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(paths.CONF_DIR)):
-        cfg = compose("config", overrides=[f"metric.normalize={normalize}"])
-    GlobalHydra.instance().clear()
-    return instantiate(cfg.metric)(score=score)
+    return instantiate(compose_config([f"metric.normalize={normalize}"]).metric)(score=score)
 
 
 def reference_solve(metric, a: torch.Tensor, b: torch.Tensor, nodes: int, max_evals: int = 60):
