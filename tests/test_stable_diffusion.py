@@ -118,7 +118,7 @@ def test_missing_weights_are_one_sentence_naming_the_setting(tmp_path, tiny_sd):
         message = str(err.value)
         assert f"score.pretrained={pretrained}" in message and phrase in message
         assert "unet/, vae/ and scheduler/" in message and "\n" not in message
-    with pytest.raises(ScoregeoError, match="^score.pretrained is not set; it accepts a local diffusers folder"):
+    with pytest.raises(ScoregeoError, match="^score.pretrained is not set; it accepts a packaged name \\(ldm_mnist\\), a local diffusers folder"):
         stable_diffusion_score(None, device="cpu")
 
 

@@ -11,8 +11,9 @@ on flat latent vectors of dimension 4 * h * w (16384 for SD 2.1-base at 512 px).
 ``model`` attribute (:class:`LatentDiffusion`) carries what the image pipeline needs:
 encode, decode and the noise predictor for DDIM.
 
-``pretrained`` is a local diffusers folder or a Hugging Face hub id already in the local
-cache; nothing is downloaded (the package sets ``HF_HUB_OFFLINE=1``). Every file is checked
+``pretrained`` is a packaged name (``ldm_mnist``: the latent diffusion model of rotated digits
+that ``scoregeo train experiment=ldm_mnist`` trains, shipped in ``scoregeo_cli/checkpoints/``), a
+local diffusers folder or a Hugging Face hub id already in the local cache; nothing is downloaded (the package sets ``HF_HUB_OFFLINE=1``). Every file is checked
 before anything is computed, and a missing one is reported in one sentence naming
 ``score.pretrained``.
 
@@ -44,9 +45,12 @@ from scoregeo_cli.schedule import alphas_cumprod_from
 from scoregeo_cli.errors import ScoregeoError, check_finite
 
 EMPTY_PROMPT_FILE = "empty_prompt_embeds.safetensors"
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# diffusers folders shipped in the package, by the name ``score.pretrained`` accepts
+PACKAGED_NAMES = {"ldm_mnist": CHECKPOINT_DIR / "ldm_mnist"}
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_ACCEPTS = ("a local diffusers folder with unet/, vae/ and scheduler/ subfolders, or a "
+_ACCEPTS = ("a packaged name (ldm_mnist), a local diffusers folder with unet/, vae/ and scheduler/ subfolders, or a "
             "Hugging Face hub id already in the local cache (e.g. stabilityai/stable-diffusion-2-1-base)")
 _WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
                  "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.bin.index.json")
@@ -63,6 +67,12 @@ def resolve_pretrained(pretrained: str | os.PathLike | None) -> Path:
     if pretrained is None or str(pretrained).strip() in ("", "???"):
         raise ScoregeoError(f"score.pretrained is not set; it accepts {_ACCEPTS}")
     name = str(pretrained)
+    if name in PACKAGED_NAMES:
+        if not (PACKAGED_NAMES[name] / "unet" / "config.json").is_file():
+            raise ScoregeoError(f"the packaged model {name} ({PACKAGED_NAMES[name]}) is missing; train it with "
+                                f"`scoregeo train experiment={name}` and pass score.pretrained=<the model/ folder it "
+                                "writes>")
+        return PACKAGED_NAMES[name]
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -196,6 +206,7 @@ class LatentDiffusion:
         self.scaling_factor = float(vae.config.scaling_factor)
         shift = getattr(vae.config, "shift_factor", None)
         self.shift_factor = float(shift) if shift is not None else 0.0
+        self.channels = int(vae.config.in_channels)  # image channels the VAE takes and gives
         self.downsample = 2 ** (len(vae.config.block_out_channels) - 1)
         size = unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -226,15 +237,29 @@ class LatentDiffusion:
         return self.unet(x.to(device=self.device, dtype=self.dtype), timestep,
                          encoder_hidden_states=cond).sample
 
+    def to_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) with the VAE's channel count: RGB to grey for a 1-channel VAE (ITU-R
+        601 luma, as Pillow's ``convert("L")``), grey repeated for an RGB one."""
+        c = images.shape[1]
+        if c == self.channels:
+            return images
+        if c == 3 and self.channels == 1:
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype, device=images.device)
+            return (images * weights[:, None, None]).sum(1, keepdim=True)
+        if c == 1:
+            return images.expand(-1, self.channels, -1, -1)
+        raise ScoregeoError(f"images with {c} channels cannot be encoded by a VAE of {self.channels} channels")
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) in [0, 1] -> latents (B, c, h, w) float32 on ``device``.
+        """Images (B, C, H, W) in [0, 1] -> latents (B, c, h, w) float32 on ``device``.
 
         The mean of the VAE posterior, shifted and scaled by the VAE config's factors
-        (z = (mean - shift) * scaling), so latents have about unit variance.
+        (z = (mean - shift) * scaling), so latents have about unit variance. C is brought to
+        the VAE's channels (``to_channels``).
         """
         out = []
-        for chunk in images.split(self.chunk_size):
+        for chunk in self.to_channels(images).split(self.chunk_size):
             x = (2 * chunk - 1).to(device=self.device, dtype=self.dtype)
             mean = self.vae.encode(x).latent_dist.mean
             out.append(((mean.float() - self.shift_factor) * self.scaling_factor))
@@ -244,7 +269,7 @@ class LatentDiffusion:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents (B, c, h, w) -> images (B, 3, H, W) float32 in [0, 1] on the CPU."""
+        """Latents (B, c, h, w) -> images (B, C, H, W) float32 in [0, 1] on the CPU (C: ``channels``)."""
         out = []
         for chunk in latents.split(self.chunk_size):
             z = (chunk.float() / self.scaling_factor + self.shift_factor).to(device=self.device, dtype=self.dtype)

@@ -171,7 +171,8 @@ class LatentDiffusionSpace(DiffusionSpace):
         return self.model.encode(data).double().flatten(1)
 
     def decode(self, clean: torch.Tensor) -> torch.Tensor:
-        out = torch.full((len(clean), 3, self.model.resolution, self.model.resolution), float("nan"))
+        out = torch.full((len(clean), self.model.channels, self.model.resolution, self.model.resolution),
+                         float("nan"))
         finite = torch.isfinite(clean).all(-1)
         if bool(finite.any()):
             out[finite] = self.model.decode(clean[finite].reshape(-1, *self.shape)).float().cpu()
