@@ -23,16 +23,21 @@ from scoregeo_cli.io.cache import digest, file_digest
 def orbit_rows(batch, dataset, space, results, frames, fractions, step: float) -> list[dict]:
     """Geometry against the rotation orbit of each pair's own digit (a grid of ``step`` degrees
     over the training range): ``orbit_distance_max``, the largest distance of an interior node
-    at level t to the noised orbit, min_k |x - sqrt(abar_t) y_k| (paths at level t only),
+    at level t to the noised orbit, min_k |x - sqrt(abar_t) y_k| with y_k the rotations encoded
+    as the space encodes data (pixels in [-1, 1], or VAE latents) (paths at level t only),
     and ``orbit_excess_max``, the same above the mean of the two ends' distances (which the
     shared noise sets: 0 is as close as the endpoints); and
     ``angle_error`` / ``angle_error_max``, the mean / largest |angle of the nearest true
     rotation to a denoised interior frame - the node's ideal angle|, degrees."""
     lo, hi = dataset.train_angles
     grid = torch.arange(lo, hi + 1e-9, step, dtype=torch.float64)
-    orbit = dataset.orbit(grid, batch).flatten(2)  # (B, G, D) in [0, 1]
+    images = dataset.orbit(grid, batch)  # (B, G, C, H, W) in [0, 1]
+    orbit = images.flatten(2)  # (B, G, D)
     ideal = dataset.angles(batch, fractions)[:, 1:-1]  # (B, N-2)
-    level = math.sqrt(getattr(space, "abar_t", 1.0)) * (2 * orbit.double() - 1)
+    # the orbit where paths live: encoded as the space encodes data (pixels: 2 x - 1; latents: the
+    # VAE), scaled to level t
+    encoded = space.encode(images.flatten(0, 1)).double().reshape(len(batch), len(grid), -1)
+    level = math.sqrt(getattr(space, "abar_t", 1.0)) * encoded
     rows = []
     for method, result in results.items():
         values = {}
