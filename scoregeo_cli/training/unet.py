@@ -84,13 +84,13 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
     return path
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
+def atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def _sample_grid(images: torch.Tensor, path: Path, columns: int = 16) -> None:
+def sample_grid(images: torch.Tensor, path: Path, columns: int = 16) -> None:
     """Save (n, 1, H, W) images in [0, 1] as one grayscale PNG grid."""
     import numpy as np
     from PIL import Image
@@ -225,7 +225,7 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         print(f"resuming from step {step} of {steps} ({state_path})")
 
     def save_state() -> None:
-        _atomic_torch_save({"signature": signature, "step": step, "model": net.state_dict(),
+        atomic_torch_save({"signature": signature, "step": step, "model": net.state_dict(),
                             "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
                             "ema": ema.state_dict(), "generator": gen.get_state(), "losses": losses,
                             "seconds": seconds}, state_path)
@@ -276,7 +276,7 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     exported.eval().requires_grad_(False)
     tail = losses[-100:]
     stored = exported if export_dtype == "float32" else copy.deepcopy(exported).half().float()
-    record = {"command": _command(out_dir), **_data_record(dataset), "steps": int(step),
+    record = {"command": training_command(out_dir), **data_record(dataset), "steps": int(step),
               "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
               "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
@@ -303,13 +303,13 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
 FID_TARGET = 2.0  # a model worth testing samples within this factor of real-vs-real FID at the same size
 
 
-def _command(out_dir: Path) -> str | None:
+def training_command(out_dir: Path) -> str | None:
     """The command a training folder's command.sh replays, if it has one."""
     path = Path(out_dir) / "command.sh"
     return path.read_text().strip() if path.exists() else None
 
 
-def _data_record(dataset) -> dict:
+def data_record(dataset) -> dict:
     """What a checkpoint's record says of the data it was trained on."""
     return {"source": dataset.source, "train_split": dataset.train_split,
             "train_digits": len(dataset.images(dataset.train_split)), "train_angles": list(dataset.train_angles)}
@@ -320,7 +320,7 @@ def save_snapshot(path: Path, net, ema, scheduler, dataset, step: int, settings:
     snapshot = copy.deepcopy(net)
     ema.copy_to(snapshot.parameters())
     snapshot.eval().requires_grad_(False)
-    record = {"command": _command(path.parent), **_data_record(dataset), "steps": int(step), **settings,
+    record = {"command": training_command(path.parent), **data_record(dataset), "steps": int(step), **settings,
               "snapshot_note": f"EMA weights at step {step} of a {settings.get('of_steps')}-step run "
                                "(cosine learning-rate schedule over the whole run), stored in float16",
               "eps_mse_per_t": eps_mse_per_level(snapshot.half().float(), dataset,
@@ -331,11 +331,12 @@ def save_snapshot(path: Path, net, ema, scheduler, dataset, step: int, settings:
     return save_checkpoint(path, snapshot, scheduler.config, record, dtype=torch.float16)
 
 
-def fid_verdict(sample_fid: float, real_vs_real_fid: float) -> dict:
-    """The sample FID as a multiple of the real-vs-real floor and whether it meets FID_TARGET."""
+def fid_verdict(sample_fid: float, real_vs_real_fid: float, target: float = FID_TARGET) -> dict:
+    """The sample FID as a multiple of the real-vs-real floor and whether it meets ``target``
+    (FID_TARGET for the pixel UNets)."""
     ratio = sample_fid / real_vs_real_fid
-    return {"fid_ratio": ratio, "fid_target": f"sample FID <= {FID_TARGET:g} x real-vs-real FID",
-            "fid_target_met": bool(ratio <= FID_TARGET)}
+    return {"fid_ratio": ratio, "fid_target": f"sample FID <= {target:g} x real-vs-real FID",
+            "fid_target_met": bool(ratio <= target)}
 
 
 def sample_quality(model, scheduler_config: dict, dataset, n: int, steps: int, seed: int,
@@ -349,7 +350,7 @@ def sample_quality(model, scheduler_config: dict, dataset, n: int, steps: int, s
     gen = torch.Generator().manual_seed(seed + 101)
     fake = generate(model, scheduler_config, n, gen, steps)
     if grid_path is not None:
-        _sample_grid(fake, grid_path)
+        sample_grid(fake, grid_path)
     real = dataset.rotated_batch(dataset.heldout_split, n, gen)
     real_2 = dataset.rotated_batch(dataset.heldout_split, n, gen)
     f_fake, f_real, f_real_2 = (inception_features(x) for x in (fake, real, real_2))
