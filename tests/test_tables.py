@@ -413,3 +413,13 @@ def test_a_group_names_its_values_as_a_sweep_job_records_them(tmp_path):
         """))
     recipe = recipes.load(path)
     assert recipe.table.groups[0].run == ["experiment=sphere", "solver.gtol=1e-05", "eval.figure=False"]
+
+
+def test_tables_in_an_empty_folder_counts_each_recipes_runs_once(tmp_path, capsys):
+    """A recipe's count of runs: each configuration and seed once, whichever groups name it,
+    and for a figure of panels only the seed it shows (fig_mnist_strips reads one run, not 2)."""
+    assert reproduce.tables_main(["--output-root", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    for name, runs in (("fig_mnist_strips", 1), ("fig_sphere_paths", 4), ("table_synthetic", 18),
+                       ("table_rotated_mnist", 3)):
+        assert f"{name}: incomplete, {runs} of {runs} run(s) not finished" in out, out

@@ -49,8 +49,17 @@ class MissingRuns(ScoregeoError):
 
 
 def recipe_runs(recipe: rc.Recipe, seeds: list[int]) -> int:
-    """How many runs (configuration and seed) a recipe's table and figures read."""
-    return len(recipe.groups()) * len(seeds)
+    """How many runs (configuration and seed) a recipe's table and figures read: each
+    configuration once, whichever groups name it, and for a figure of panels only the seed
+    it shows."""
+    runs = set()
+    layouts = [(recipe.table.groups, seeds)] if recipe.table else []
+    for fig in recipe.figures:
+        shown = [fig.seed if fig.seed is not None else seeds[0]] if fig.kind == "panels" else seeds
+        layouts.append((fig.groups, shown))
+    for groups, chosen in layouts:
+        runs |= {(g.experiment, tuple(sorted(g.run)), s) for g in groups for s in chosen}
+    return len(runs)
 
 
 # --------------------------------------------------------------------------- aggregation
