@@ -38,7 +38,7 @@ from scoregeo_cli.build import instantiate
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.io import files, progress
 from scoregeo_cli.jobs import check_same_run, check_types
-from scoregeo_cli.reporting import results
+from scoregeo_cli.reporting import provenance, results
 
 CONF_DIR = str(paths.CONF_DIR)
 _TORCH_THREADS: int | None = None
@@ -227,8 +227,15 @@ def run_experiment(cfg: DictConfig) -> dict | None:
     try:
         with progress.activity(f"run {run_dir}"):
             return _run(cfg, run_dir)
+    except BrokenPipeError:  # not an Exception for Hydra, which would report a failed job
+        raise StdoutClosed() from None
     finally:
         _ACTIVE["run_dir"] = None
+
+
+class StdoutClosed(BaseException):
+    """Stdout's reader went away during a run (``scoregeo run ... | head -1``); the run has
+    done its cleanup, and the command stops quietly (``scoregeo_cli.cli``)."""
 
 
 def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -236,46 +243,62 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict | None:
     overrides = [str(o) for o in HydraConfig.get().overrides.task]
     held = jobs.PREPARED.pop(tuple(overrides), None)  # checked and built by this process's sweeper
     try:
-        if held is None:
-            check_types(cfg, overrides)
-        apply_threads(cfg)
-        if not cfg.rerun and files.is_done(run_dir):
-            with files.run_lock(run_dir):
-                if files.is_done(run_dir):
-                    check_same_run(run_dir)
-                    print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
-                    return None
-        if held is not None:
-            task, prepared = held
-        else:
-            task = instantiate(cfg.task)
-            prepared = task.prepare(cfg) if hasattr(task, "prepare") else None
+        with progress.step("checking the config and building what the run needs"):
+            if held is None:
+                check_types(cfg, overrides)
+            apply_threads(cfg)
+            if not cfg.rerun and files.is_done(run_dir):
+                with files.run_lock(run_dir):
+                    if files.is_done(run_dir):
+                        check_same_run(run_dir)
+                        print(f"skipping finished run {run_dir} (rerun=true recomputes it)")
+                        return None
+            if held is not None:
+                task, prepared = held
+            else:
+                task = instantiate(cfg.task)
+                prepared = task.prepare(cfg) if hasattr(task, "prepare") else None
     except (*REFUSALS, KeyboardInterrupt) as err:
         remove_empty_folders(run_dir, _sweep_dir())
-        if isinstance(err, KeyboardInterrupt):
+        if isinstance(err, (KeyboardInterrupt, BrokenPipeError)):
             raise
         _fail(err)
-    # 2. the run: results written atomically, DONE last; a failure leaves nothing that looks complete
+    # 2. the run: results written atomically, DONE last. A failure, an interrupt or a closed
+    # stdout removes what the attempt wrote (and the record an earlier attempt left): no
+    # folder holds a run's files without DONE, and a folder made for it goes again
+    attempt: set[str] | None = None
     try:
         with files.run_lock(run_dir):
+            attempt = files.entries(run_dir)
             files.clear_done(run_dir)
             try:
-                record_config(run_dir, cfg)
-                OmegaConf.resolve(cfg)
-                files.atomic_write_text(run_dir / "command.sh", _replay_command("run"), executable=True)
-                start = time.perf_counter()
-                rows = task.run(cfg, run_dir, prepared) if prepared is not None else task.run(cfg, run_dir)
-                summary = results.write_results(run_dir, rows)
-                files.mark_done(run_dir)
+                with progress.step("recording the run's config"):
+                    record_config(run_dir, cfg)
+                    OmegaConf.resolve(cfg)
+                    command = _replay_command("run")
+                    files.atomic_write_text(run_dir / "command.sh", command, executable=True)
+                started, start = provenance.now(), time.perf_counter()
+                with progress.step(f"the {cfg.experiment_name} task"):
+                    rows = task.run(cfg, run_dir, prepared) if prepared is not None else task.run(cfg, run_dir)
+                with progress.step("writing the results"):
+                    summary = results.write_results(run_dir, rows)
+                    provenance.write_provenance(run_dir, command, started, time.perf_counter() - start)
+                    files.mark_done(run_dir)
+                attempt = None
             except BaseException:  # a failed run leaves no results that could pass for complete
                 with contextlib.suppress(Exception):
-                    files.clear_done(run_dir)
+                    files.remove_attempt(run_dir, attempt)
                 raise
-    except REFUSALS as err:
-        _fail(err)
-    print(f"\n{cfg.experiment_name}: {len(rows)} metric rows in {time.perf_counter() - start:.1f} s -> {run_dir}")
-    print(results.format_summary(summary, getattr(task, "table_metrics", None),
-                                 row_header=getattr(task, "table_row_header", "method"), width=SUMMARY_WIDTH))
+    except BaseException as err:
+        if attempt is not None:  # after the lock (and its file) went: the folder, if nothing else is there
+            remove_empty_folders(run_dir, _sweep_dir())
+        if isinstance(err, REFUSALS) and not isinstance(err, BrokenPipeError):
+            _fail(err)
+        raise
+    with progress.step("printing the summary (the run is finished)"):
+        print(f"\n{cfg.experiment_name}: {len(rows)} metric rows in {time.perf_counter() - start:.1f} s -> {run_dir}")
+        print(results.format_summary(summary, getattr(task, "table_metrics", None),
+                                     row_header=getattr(task, "table_row_header", "method"), width=SUMMARY_WIDTH))
     return summary
 
 
@@ -355,6 +378,8 @@ def _hydra(app, argv: list[str], prog: str) -> int:
         progress.close_all()
         print(interrupted_line(prog.split()[0]), file=sys.stderr, flush=True)
         return 130
+    except (BrokenPipeError, StdoutClosed):  # stdout closed (`| head`): the command stops quietly (cli)
+        raise BrokenPipeError() from None
     except REFUSALS as err:
         _fail(err)
     finally:

@@ -21,7 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("scoregeo_cli.io.weights:main", "provision offline LPIPS/Inception weights and MNIST digits"),
     "fidelity": ("scoregeo_cli.studies.fidelity:main",
                  "score models against the exact orbit score: relative error and round-trip PSNR per t"),
-    "lpips": ("scoregeo_cli.evaluation.commands:lpips_main", "LPIPS distance between two image files"),
+    "lpips": ("scoregeo_cli.evaluation.commands:lpips_main",
+              "LPIPS distance between two image files, or between the same-named images of two folders"),
     "fid": ("scoregeo_cli.evaluation.commands:fid_main", "FID (and KID) between two folders of images"),
 }
 
@@ -55,7 +56,36 @@ def _forget_caught_interrupt() -> None:
     exec("None")  # noqa: S102 - a constant string; see the docstring
 
 
+# the exit code of a command stopped by a closed stdout: 128 + SIGPIPE, what a shell reports
+# for a program that a closed pipe stops (`yes | head -1`)
+CLOSED_STDOUT = 141
+
+
+def _stdout_closed() -> int:
+    """Stdout was closed by its reader (``scoregeo run | head -1``): stop quietly, as
+    command-line tools do, with no error line and exit code 141. Further writes to stdout
+    (the interpreter's own flush at exit included) go to /dev/null."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # not a real file (captured output): nothing to redirect
+        pass
+    return CLOSED_STDOUT
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that closed the pipe surfaces here at the latest
+    except BrokenPipeError:
+        return _stdout_closed()
+    return code
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

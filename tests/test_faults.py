@@ -277,6 +277,74 @@ def test_ctrl_c_prints_one_line_exit_130_then_resumes(tmp_path, monkeypatch, cap
     assert len(finished(root)) == 1
 
 
+def interrupt_inside(monkeypatch, module, name: str) -> None:
+    """Replace ``module.name`` by a function that sends this process SIGINT (Ctrl-C) and waits
+    for it: the run's handler notes what runs and raises KeyboardInterrupt there."""
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("SIGINT did not interrupt")
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_ctrl_c_on_the_sphere_names_the_step_and_leaves_a_clean_folder(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in a step without a progress bar (scoring the paths against the truth): the line
+    names that step, and the failure's cleanup leaves no run folder (no command.sh, no
+    .hydra/ without DONE)."""
+    from scoregeo_cli.tasks import synthetic
+
+    interrupt_inside(monkeypatch, synthetic, "geometry_rows")
+    code, _, err = cli(["run", "experiment=sphere", "n_pairs=2", f"output_root={tmp_path}/out"], monkeypatch, capsys)
+    assert code == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("scoregeo: interrupted during scoring the paths against the true geodesics "
+                                "of the run in "), err
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.name != ".cache"], sorted((tmp_path / "out").rglob("*"))
+
+
+def test_ctrl_c_on_rotated_digits_leaves_no_pairs_json_without_done(tmp_path, monkeypatch, capsys):
+    """An image run writes pairs.json first: after Ctrl-C during its methods, nothing of it stays."""
+    from scoregeo_cli.tasks import images
+
+    interrupt_inside(monkeypatch, images, "run_methods_shown")
+    args = ["run", "experiment=rotated_mnist", "n_pairs=2", "solver.nodes=5", "space.ddim_steps=2", "eval.fid=false",
+            f"output_root={tmp_path}/out"]
+    code, _, err = cli(args, monkeypatch, capsys)
+    assert code == 130, err
+    assert "scoregeo: interrupted during " in err.splitlines()[-1], err
+    left = [p for p in (tmp_path / "out").rglob("*") if ".cache" not in p.parts]
+    assert not left, sorted(left)
+
+
+# ------------------------------------------------------------------------------ closed stdout
+
+@pytest.mark.parametrize("reader", ["true", "head -1"])
+def test_a_closed_stdout_stops_quietly_and_leaves_no_partial_run(reader, tmp_path):
+    """`scoregeo run ... | true` and `| head -1`: no error line, exit code 141 (a command a
+    closed pipe stops), and the run is either finished (DONE and its results) or gone, never
+    left partial; the same command then finishes or skips it."""
+    args = ["run", "experiment=sphere", "n_pairs=2", "eval.figure=false", f"output_root={tmp_path}/out"]
+    proc = subprocess.Popen([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if reader == "head -1":
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=300)
+    assert proc.returncode == 141, err
+    assert "rror" not in err and "Traceback" not in err and "Broken pipe" not in err, err
+    for run in (tmp_path / "out").rglob("seed=*"):
+        assert (run / files.DONE).exists() and (run / "summary.json").exists(), sorted(run.rglob("*"))
+    for path in (tmp_path / "out").rglob("*"):  # every file lies in a finished run (the cache aside)
+        if path.is_file() and ".cache" not in path.parts:
+            assert any((folder / files.DONE).exists() for folder in path.parents), path
+    again = subprocess.run([sys.executable, "-m", "scoregeo_cli.cli", *args], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(finished(tmp_path / "out")) == 1
+
+
 def test_a_caught_interrupt_inside_a_string_exec_still_exits_130_under_python_m(tmp_path):
     """CPython marks a KeyboardInterrupt that ends a string exec (as when Ctrl-C lands while a
     dataclass is being built) as unhandled even after it is caught, and ``python -m`` then dies

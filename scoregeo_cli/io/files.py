@@ -25,6 +25,9 @@ from scoregeo_cli.errors import ScoregeoError
 DONE = "DONE"
 LOCK = ".lock"
 RESULT_FILES = ("metrics.jsonl", "summary.json")
+# what a run records besides its results: an attempt that fails removes these even when an
+# earlier, unfinished attempt left them (so no run folder holds them without DONE)
+RECORD_FILES = (".hydra", "command.sh", "provenance.json", "pairs.json", "cache.json")
 
 
 def os_error_sentence(err: OSError, action: str = "write", path: str | os.PathLike | None = None) -> str:
@@ -103,6 +106,34 @@ def clear_done(run_dir: str | os.PathLike) -> None:
     for path in (*(run_dir / name for name in (DONE, *RESULT_FILES)), *stale):
         try:
             path.unlink(missing_ok=True)
+        except OSError as err:
+            raise ScoregeoError(os_error_sentence(err, "remove", path)) from None
+
+
+def entries(run_dir: str | os.PathLike) -> set[str]:
+    """The names in a run folder (its lock aside); empty if the folder does not exist."""
+    try:
+        return set(os.listdir(run_dir)) - {LOCK}
+    except FileNotFoundError:
+        return set()
+
+
+def remove_attempt(run_dir: str | os.PathLike, before: set[str]) -> None:
+    """After a failed or interrupted attempt: remove what it wrote, every entry of the run
+    folder that was not there when it began (``before``, from ``entries``), and the run's
+    record (RECORD_FILES) and results whenever made; anything else that was there stays.
+    Call it holding the folder's lock."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    made = entries(run_dir) - set(before)
+    for name in sorted(made | {DONE, *RESULT_FILES, *RECORD_FILES}):
+        path = run_dir / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         except OSError as err:
             raise ScoregeoError(os_error_sentence(err, "remove", path)) from None
 

@@ -13,8 +13,8 @@ A background thread refreshes open bars, so a step whose single iteration takes 
 still reports its elapsed time; inside ``activity(name)`` (a whole run) it also writes
 ``<name>: running [elapsed]`` when no bar is open, so a log of a run has a line at least
 every ``interval()`` seconds from its start to its end. ``label(name)`` prefixes the bars opened inside it (which
-method a solver works for); ``current()`` names what runs now (for the line an interrupt
-prints). ``SCOREGEO_PROGRESS=0`` (or tqdm's own ``TQDM_DISABLE=1``) turns progress off.
+method a solver works for); ``step(name)`` names a stretch of work that has no bar of its
+own; ``current()`` names what runs now (for the line an interrupt prints). ``SCOREGEO_PROGRESS=0`` (or tqdm's own ``TQDM_DISABLE=1``) turns progress off.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ DEFAULT_INTERVAL = 8.0
 _lock = threading.RLock()
 _open: list[tqdm] = []          # open bars, oldest first
 _labels: list[str] = []         # label() stack
+_steps: list[str] = []          # step() and label() stack, innermost last (what runs without a bar)
 _activities: list[dict] = []    # activity() stack: {"name", "start", "stream", "lines"}
 _last_line = [0.0]              # when the last log line was written (monotonic)
 _thread: list[threading.Thread] = []
@@ -222,20 +223,36 @@ def label(name: str) -> Iterator[None]:
     """Bars opened inside say ``name: <their description>``."""
     with _lock:
         _labels.append(str(name))
+        _steps.append(str(name))
     try:
         yield
     finally:
         with _lock:
             _labels.pop()
+            _steps.pop()
+
+
+@contextlib.contextmanager
+def step(name: str) -> Iterator[None]:
+    """A stretch of work without a bar of its own (``current()`` names it while no bar is
+    open inside it), e.g. ``step("scoring the paths against the truth")``."""
+    with _lock:
+        _steps.append(str(name))
+    try:
+        yield
+    finally:
+        with _lock:
+            _steps.pop()
 
 
 def current() -> str:
-    """What runs now: the innermost open bar's description (or the innermost label), or ""."""
+    """What runs now: the innermost open bar's description, else the innermost step or
+    label, or ""."""
     with _lock:
         for progress in reversed(_open):
             if not progress.disable and progress.desc:
                 return str(progress.desc)
-        return _labels[-1] if _labels else ""
+        return _steps[-1] if _steps else ""
 
 
 def close_all() -> None:

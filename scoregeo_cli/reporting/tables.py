@@ -9,27 +9,16 @@ reproduce`` and ``scoregeo tables`` (``scoregeo_cli.reproduce``) call ``render``
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoregeo_cli import paths
 from scoregeo_cli.io.files import atomic_write_text
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.reporting import run_folders as rf
 from scoregeo_cli.reporting.aggregate import (Cell, MissingRuns, aggregate, expected_folders, level_sorted, mark_best,
                                               pair_values, pooled_cell)
+from scoregeo_cli.reporting.provenance import git_commit
 from scoregeo_cli.reporting.recipe_figures import render_figure
-
-
-def git_commit() -> str:
-    """Short hash of the checkout scoregeo runs from, or "unknown"."""
-    try:
-        out = subprocess.run(["git", "-C", str(paths.PACKAGE.parent), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 # --------------------------------------------------------------------------- rendering

@@ -19,6 +19,7 @@ from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.evaluation.geometry import geometry_rows
 from scoregeo_cli.methods import Plan, build_methods, check_methods
 from scoregeo_cli.evaluation.rows import row
+from scoregeo_cli.io import progress
 from scoregeo_cli.spaces import IdentitySpace
 from scoregeo_cli.tasks import astuple_shallow, run_methods_shown
 
@@ -96,16 +97,19 @@ class SyntheticTask:
     def run(self, cfg: DictConfig, run_dir: Path, prepared: Prepared | None = None) -> list[dict]:
         manifold, metric, shooter, methods, plan = astuple_shallow(prepared or self.prepare(cfg))
         generator = torch.Generator().manual_seed(int(cfg.seed))
-        a, b = manifold.pairs(int(cfg.n_pairs), generator)
-        ends = IdentitySpace().endpoints(a, b)
+        with progress.step("drawing the endpoint pairs"):
+            a, b = manifold.pairs(int(cfg.n_pairs), generator)
+            ends = IdentitySpace().endpoints(a, b)
         results = run_methods_shown(methods, ends, plan, generator)
-        rows = geometry_rows(manifold, metric, results, a, b, shooter.duration, int(cfg.eval.geodesic_points))
+        with progress.step("scoring the paths against the true geodesics"):
+            rows = geometry_rows(manifold, metric, results, a, b, shooter.duration, int(cfg.eval.geodesic_points))
         rows += [row(p, name, key, float(values[p])) for name, result in results.items()  # converged, grad_rel, ...
                  for key, values in result.extra.items() for p in range(len(a))]
         if cfg.eval.figure:
             from scoregeo_cli.reporting.figures import plot_synthetic_paths
 
-            plot_synthetic_paths(manifold, a, b, {m: r.path for m, r in results.items()},
-                                 {m: r.extrapolation for m, r in results.items() if r.extrapolation is not None},
-                                 run_dir / "paths.png")
+            with progress.step("drawing paths.png"):
+                plot_synthetic_paths(manifold, a, b, {m: r.path for m, r in results.items()},
+                                     {m: r.extrapolation for m, r in results.items() if r.extrapolation is not None},
+                                     run_dir / "paths.png")
         return rows
