@@ -46,3 +46,34 @@ def test_paths_figure_is_titled_labelled_and_explained(overrides, title, compose
     canvas.draw()
     renderer = canvas.get_renderer()
     assert not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))  # beside the data
+
+
+def test_rotated_digit_strips_label_each_column_with_its_angle_and_have_a_title(compose_cfg, tmp_path):
+    """A strip of rotated digits: a title (which pair, the rotation), each column's angle
+    above it (extrapolated columns past theta_b too), then one row per method."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from scoregeo_cli.data.rotated_mnist import RotatedDigits
+    from scoregeo_cli.methods import Plan
+    from scoregeo_cli.reporting.figures import save_strip
+    from scoregeo_cli.tasks.images import strip_labels
+
+    cfg = compose_cfg(["experiment=rotated_mnist", "dataset.source=digits", "n_pairs=1"])
+    dataset = RotatedDigits(source="digits")
+    dataset.select(1, torch.Generator().manual_seed(0))
+    theta_a, theta_b = dataset.records()[0]["theta_a"], dataset.records()[0]["theta_b"]
+    plan = Plan(5, None, None, type("Shooter", (), {"steps": 2, "duration": 0.5})(), extrapolate=True)
+    fractions = torch.linspace(0, 1, 5, dtype=torch.float64)
+    columns, title = strip_labels(dataset, 0, fractions, plan, cfg)
+    assert len(columns) == 5 + 2 and columns[0] == f"{theta_a:.0f}°" and columns[4] == f"{theta_b:.0f}°"
+    assert all(c.endswith("°") for c in columns) and float(columns[-1][:-1]) > theta_b
+    assert title.startswith("rotated_mnist pair_00 (seed 0, t = 400): rotation from ") and "extrapolation" in title
+    frames = {name: torch.rand(7, 1, 28, 28) for name in ("truth", "geodesic", "lerp")}
+    save_strip(frames, tmp_path / "labelled.png", split=5, scale=2, columns=columns, title=title)
+    save_strip(frames, tmp_path / "bare.png", split=5, scale=2)
+    labelled, bare = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("L")) for n in ("labelled", "bare"))
+    header = labelled.shape[0] - bare.shape[0]
+    assert header >= 24 and (labelled[:header] < 128).any()  # two lines of dark text above the frames
+    assert (labelled[header:, : bare.shape[1]] == bare).all()

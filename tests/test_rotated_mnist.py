@@ -259,7 +259,7 @@ def test_end_to_end_run_on_two_pairs(tiny_checkpoint, tmp_path, monkeypatch, cap
     from PIL import Image
 
     with Image.open(run_dir / "strips" / "pair_00.png") as strip:
-        assert strip.size[1] == 5 * (56 + 2)  # truth + four methods, frames drawn at 2x
+        assert strip.size[1] == 2 * 14 + 5 * (56 + 2)  # title, angles, truth + four methods, frames drawn at 2x
     assert "psnr" in stdout and "geodesic" in stdout
 
 

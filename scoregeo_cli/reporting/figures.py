@@ -124,21 +124,34 @@ def to_uint8(images: torch.Tensor):
 
 
 def save_strip(rows: dict[str, torch.Tensor], path: Path, split: int | None = None, scale: int = 1,
-               label_width: int = 84, gap: int = 6, row_gap: int = 2) -> None:
+               label_width: int = 84, gap: int = 6, row_gap: int = 2, columns: list[str] | None = None,
+               title: str | None = None) -> None:
     """Image strips: one row of frames per entry of ``rows`` ((F, C, H, W) in [0, 1], C = 1
     or 3; rows may be shorter, left-aligned), labelled on the left, frames drawn ``scale``
     times larger (nearest neighbour), a white gap after column ``split`` (interpolation |
-    extrapolation). NaN frames (a failed extrapolation) are drawn white. Saved as a PNG."""
-    from PIL import Image, ImageDraw
+    extrapolation). ``columns`` labels each column above its frames (an angle, a fraction of
+    the path) and ``title`` heads the strip. NaN frames (a failed extrapolation) are drawn
+    white. Saved as a PNG."""
+    from PIL import Image, ImageDraw, ImageFont
 
+    font = ImageFont.load_default()
+    line = 14  # pixels per line of text
     h, w = (s * scale for s in next(iter(rows.values())).shape[-2:])
     width = max(len(v) for v in rows.values())
     x_of = [label_width + c * w + (gap if split is not None and c >= split else 0) for c in range(width)]
-    canvas = Image.new("RGB", (x_of[-1] + w, len(rows) * (h + row_gap)), "white")
+    top = (line if title else 0) + (line if columns else 0)
+    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8 if title else 0
+    canvas = Image.new("RGB", (max(x_of[-1] + w, title_width), top + len(rows) * (h + row_gap)), "white")
     draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    if columns:
+        y = (line if title else 0) + 2
+        for c, text in enumerate(columns[:width]):
+            draw.text((x_of[c] + w // 2, y), text, fill="black", font=font, anchor="ma")
     for r, (name, frames) in enumerate(rows.items()):
-        y = r * (h + row_gap)
-        draw.text((4, y + h // 2 - 6), name, fill="black")
+        y = top + r * (h + row_gap)
+        draw.text((4, y + h // 2 - 6), name, fill="black", font=font)
         for c, frame in enumerate(to_uint8(frames.expand(-1, 3, -1, -1))):
             canvas.paste(Image.fromarray(frame).resize((w, h), Image.NEAREST), (x_of[c], y))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from scoregeo_cli.build import build_metric, build_score, check_memory, instantiate
 from scoregeo_cli.errors import ScoregeoError
@@ -185,8 +185,10 @@ class ImageTask:
                                  else (truth[k] if truth is not None else first[k])}
                         strip.update({m: torch.cat([frames[m][k], frames_ext[m][k, 1:]]) if m in frames_ext else frames[m][k]
                                       for m in frames})
+                        columns, title = strip_labels(dataset, p, fractions, plan, cfg)
                         save_strip(strip, run_dir / "strips" / f"{dataset.names[p]}.png",
-                                   split=n_nodes if plan.extrapolate else None, scale=int(ev.get("strip_scale", 1)))
+                                   split=n_nodes if plan.extrapolate else None, scale=int(ev.get("strip_scale", 1)),
+                                   columns=columns, title=title)
                         strips_left -= 1
                     if self.save_frames:
                         save_frames({m: f[k] for m, f in frames.items()}, run_dir / "frames", dataset.names[p])
@@ -286,6 +288,26 @@ class ImageTask:
                 extra = {"name": dataset.names[p]} if dataset.named_pairs else {}
                 rows += [row(p, method, key, value, **extra) for key, value in values.items()]
         return rows
+
+
+def strip_labels(dataset, pair: int, fractions: torch.Tensor, plan, cfg: DictConfig) -> tuple[list[str], str]:
+    """A strip's column labels and title: each column's rotation angle where the dataset
+    knows the true rotation (rotated digits), else its fraction of the path from a to b (past
+    1: extrapolation)."""
+    positions = torch.cat([fractions, (1 + plan.tau)[1:].to(fractions)]) if plan.extrapolate else fractions
+    name = dataset.names[pair]
+    if hasattr(dataset, "angles"):
+        angles = dataset.angles([pair], positions)[0]
+        columns = [f"{float(a):.0f}°" for a in angles]
+        what = f"rotation from {float(angles[0]):.0f}° to {float(angles[len(fractions) - 1]):.0f}°, columns: angle"
+    else:
+        columns = [f"{float(f):.2g}" for f in positions]
+        what = "columns: fraction of the path from a to b"
+    level = OmegaConf.select(cfg, "score.t", default=None)
+    title = (f"{cfg.experiment_name} {name} (seed {cfg.seed}{f', t = {level}' if level is not None else ''}): {what}"
+             + ("; right of the gap: extrapolation" if plan.extrapolate else "")
+             + f"; rows: {'truth' if dataset.has_truth else 'inputs'}, then each method")
+    return columns, title
 
 
 def _wants_dataset(score_cfg) -> bool:
