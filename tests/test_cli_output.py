@@ -15,8 +15,17 @@ from helpers import LPIPS_IMAGES as REFERENCE  # noqa: E402
 
 def test_lpips_of_two_files_is_labelled_with_four_significant_digits(capsys):
     assert main(["lpips", str(REFERENCE / "ex_ref.png"), str(REFERENCE / "ex_p1.png")]) == 0
-    out = capsys.readouterr().out
-    assert re.fullmatch(r"lpips_alex: 0\.\d{4}\n", out), out  # 0.1380 style, not a bare 0.138
+    captured = capsys.readouterr()
+    assert re.fullmatch(r"lpips_alex: 0\.\d{4}\n", captured.out), captured.out  # 0.1380 style, not a bare 0.138
+    # what it read, on stderr (as for folders and `scoregeo fid`)
+    assert captured.err == (f"scoregeo lpips: read {REFERENCE / 'ex_ref.png'} and {REFERENCE / 'ex_p1.png'} "
+                            "(64x64 px, RGB)\n"), captured.err
+
+
+def test_top_level_help_says_lpips_takes_files_or_folders(capsys):
+    assert main(["--help"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.strip().startswith("lpips"))
+    assert "two image files" in line and "two folders" in line, line
 
 
 def test_lpips_of_two_folders_pairs_images_by_name(tmp_path, capsys):

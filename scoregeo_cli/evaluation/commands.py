@@ -40,12 +40,20 @@ def lpips_main(argv: list[str], prog: str) -> int:
     with progress.activity(prog):
         if args.image_a.is_dir() or args.image_b.is_dir():
             return _lpips_folders(args, prog)
+        import sys
+
         from scoregeo_cli.evaluation.images import lpips_distance
 
         a, b = _lpips_pair(args.image_a, args.image_b)
+        print(f"{prog}: read {args.image_a} and {args.image_b} ({_size(a)})", file=sys.stderr, flush=True)
         distance = float(lpips_distance(a[None], b[None], net=args.net)[0])
     print(f"lpips_{args.net}: {distance:#.{args.digits}g}")
     return 0
+
+
+def _size(image) -> str:
+    """'64x48 px, RGB' of a (C, H, W) image."""
+    return f"{image.shape[2]}x{image.shape[1]} px, {'RGB' if image.shape[0] == 3 else 'grayscale'}"
 
 
 def _lpips_pair(path_a: Path, path_b: Path):
