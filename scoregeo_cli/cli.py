@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("scoregeo_cli.reproduce:reproduce_main",
                   "run the sweeps behind a paper table, then render it"),
     "tables": ("scoregeo_cli.reproduce:tables_main", "render every table and figure from outputs/"),
+    "report": ("scoregeo_cli.reproduce:report_main",
+               "one HTML page per recipe (table, figures, strips, provenance) and an index"),
     "weights": ("scoregeo_cli.io.weights:main", "provision offline LPIPS/Inception weights and MNIST digits"),
     "fidelity": ("scoregeo_cli.studies.fidelity:main",
                  "score models against the exact orbit score: relative error and round-trip PSNR per t"),

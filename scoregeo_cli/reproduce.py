@@ -1,9 +1,11 @@
-"""`scoregeo reproduce` and `scoregeo tables`: the paper's tables and figures from run folders.
+"""`scoregeo reproduce`, `scoregeo tables` and `scoregeo report`: the paper's tables and
+figures from run folders.
 
 ``reproduce NAME`` runs the sweeps of ``experiments/NAME.yaml`` (finished runs are skipped;
 each sweep is a ``scoregeo run -m`` subprocess) and renders it; ``tables`` renders every
-recipe from what is already in the output root. Rendering is ``reporting.tables.render``;
-how cells aggregate is described in ``reporting.aggregate``.
+recipe from what is already in the output root; ``report`` writes an HTML page per recipe.
+Rendering is ``reporting.tables.render`` and ``reporting.report.write_report``; how cells
+aggregate is described in ``reporting.aggregate``.
 """
 
 from __future__ import annotations
@@ -185,3 +187,37 @@ def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
     print(f"rendered: {', '.join(done) or 'none'}; incomplete: {', '.join(incomplete) or 'none'}"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed or (incomplete and args.strict) else 0
+
+
+def report_main(argv: list[str], prog: str = "scoregeo report") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Write one static, self-contained HTML page per recipe (its table with "
+        "intervals and n, its figures, a few image strips per configuration, the provenance of every run, "
+        "and what is missing when runs are not finished) and an index, from the finished runs under the "
+        "output root. Images are embedded; a page needs no network. Without NAMEs, pages are written for "
+        "the recipes with at least one finished run and the index lists them all.")
+    parser.add_argument("names", nargs="*", metavar="RECIPE", help="recipes to report (default: all)")
+    parser.add_argument("--output-root", type=Path, default=Path("outputs"),
+                        help="where the runs are (default: outputs)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where the pages go (default: <output-root>/report)")
+    parser.add_argument("--strips", type=int, default=2, metavar="N",
+                        help="image strips shown per configuration, from its first finished seed (default: 2)")
+    parser.add_argument("--strip-groups", type=int, default=8, metavar="N",
+                        help="configurations whose strips are shown, in the recipe's order (default: 8)")
+    parser.add_argument("--recipes", type=Path, default=rc.RECIPES_DIR, metavar="DIR",
+                        help="folder of recipe files (default: the repository's experiments/)")
+    args = parser.parse_args(argv)
+    if args.strips < 0 or args.strip_groups < 0:
+        raise ScoregeoError("--strips and --strip-groups must be at least 0")
+    from scoregeo_cli.reporting.report import write_report
+
+    paths = [rc.find(n, args.recipes) for n in args.names] if args.names else rc.available(args.recipes)
+    if not paths:
+        raise ScoregeoError(f"no recipes in {args.recipes}")
+    out = args.out if args.out is not None else args.output_root / "report"
+    written = write_report([rc.load(p) for p in paths], args.output_root, out, tables.git_commit(),
+                           strips=args.strips, strip_groups=args.strip_groups, only_with_runs=not args.names)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

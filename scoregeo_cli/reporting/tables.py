@@ -48,7 +48,7 @@ class Rendered:
         if pooled:
             counts = sorted({c.n for s, rows in self.sections for _, _, cells in rows
                              for c, col in zip(cells, s.columns) if col.pooled and c is not None})
-            n_text = (f"{counts[0]} pairs in every cell" if len(counts) == 1
+            n_text = ("no finished pairs yet" if not counts else f"{counts[0]} pairs in every cell" if len(counts) == 1
                       else f"{counts[0]} to {counts[-1]} pairs per cell (the CSV gives each n)")
             lines.append(
                 f"{', '.join(c.label for c in pooled)}: pooled over the pairs of all seeds ({n_text}); a "
