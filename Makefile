@@ -22,9 +22,10 @@ run: setup
 	$(BIN)/scoregeo run
 
 # One worker per core (at most 4), each test file on one worker (its module fixtures built
-# once), torch at one thread per worker (SCOREGEO_TEST_THREADS).
+# once), torch at one thread per worker (SCOREGEO_TEST_THREADS). -rs prints why a test was
+# skipped (the browser test, where no headless Chromium is installed).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -q -rs -m "not slow" -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
