@@ -11,6 +11,7 @@ aggregate is described in ``reporting.aggregate``.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.io import progress
-from scoregeo_cli.io.files import is_done
+from scoregeo_cli.io.files import atomic_write_text, is_done
 from scoregeo_cli.reporting import recipes as rc
 from scoregeo_cli.reporting import run_folders as rf
 from scoregeo_cli.reporting import tables
 from scoregeo_cli.reporting.aggregate import MissingRuns, recipe_runs
+from scoregeo_cli.reporting.publish import RESULTS_DIR
 from scoregeo_cli.reporting.tables import render
 
 
@@ -156,17 +158,39 @@ def tables_main(argv: list[str], prog: str = "scoregeo tables") -> int:
         prog=prog, description="Render every recipe in experiments/ (or the named ones) from the "
         "finished runs under the output root into <output_root>/tables/NAME.{md,tex,csv} and "
         "<output_root>/figures/. A recipe with unfinished runs is listed in one line (how many "
-        "runs it lacks and the command that makes them) and the exit code stays 0 (--strict: 1).")
+        "runs it lacks and the command that makes them) and the exit code stays 0 (--strict: 1). "
+        "--publish writes every complete recipe (table, figures, provenance, report page) into "
+        "docs/results/ instead; --readme fills the README's results regions from there.")
     parser.add_argument("names", nargs="*", help="recipes to render (default: all)")
     parser.add_argument("--output-root", type=Path, default=Path("outputs"),
                         help="where the runs are (default: outputs)")
     parser.add_argument("--strict", action="store_true",
                         help="exit with code 1 when a recipe is incomplete (default: 0, listing it)")
+    parser.add_argument("--publish", nargs="?", const=RESULTS_DIR, default=None, type=Path, metavar="DIR",
+                        help="publish every complete recipe instead (table as NAME.md and NAME.csv, figures, "
+                             "provenance NAME.json, report pages) into DIR (default: docs/results)")
+    parser.add_argument("--readme", nargs="?", const=Path("README.md"), default=None, type=Path, metavar="FILE",
+                        help="rewrite the results regions of FILE (default: README.md), <!-- results:NAME --> ... "
+                             "<!-- /results -->, from the published results (after --publish, if given)")
+    parser.add_argument("--results", type=Path, default=None, metavar="DIR",
+                        help="the published results --readme reads (default: the --publish DIR, else docs/results)")
+    parser.add_argument("--check", action="store_true",
+                        help="with --readme: write nothing, list the regions that differ from the published "
+                             "results and exit with code 1 if any does")
     _common(parser)
     args = parser.parse_args(argv)
+    if args.check and args.readme is None:
+        parser.error("--check goes with --readme")
     paths = [rc.find(n, args.recipes) for n in args.names] if args.names else rc.available(args.recipes)
     if not paths:
         raise ScoregeoError(f"no recipes in {args.recipes}")
+    code = 0
+    if args.publish is not None:
+        code = _publish(args, paths, prog)
+    if args.readme is not None:
+        return max(code, _readme(args, prog))
+    if args.publish is not None:
+        return code
     done, incomplete, failed = [], [], []
     commit = tables.git_commit()
     for path in paths:
@@ -220,4 +244,46 @@ def report_main(argv: list[str], prog: str = "scoregeo report") -> int:
                            strips=args.strips, strip_groups=args.strip_groups, only_with_runs=not args.names)
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def _publish(args, paths: list[Path], prog: str) -> int:
+    from scoregeo_cli.reporting.publish import publish
+
+    done = publish([rc.load(p) for p in paths], args.output_root, args.publish, tables.git_commit())
+    for name, line in done.incomplete:
+        print(f"{line} (not published)", flush=True)
+    for name, err in done.failed:
+        print(f"{prog}: error: {name}: {err}", file=sys.stderr, flush=True)
+    for path in done.written:
+        print(f"wrote {path}", flush=True)
+    print(f"published to {args.publish}: {', '.join(done.names) or 'none'}; incomplete: "
+          f"{', '.join(n for n, _ in done.incomplete) or 'none'}"
+          + (f"; failed: {', '.join(n for n, _ in done.failed)}" if done.failed else ""))
+    return 1 if done.failed or (done.incomplete and args.strict) else 0
+
+
+def _readme(args, prog: str) -> int:
+    from scoregeo_cli.reporting.publish import fill_readme, readme_differences, regions
+
+    results = args.results or args.publish or RESULTS_DIR
+    try:
+        text = args.readme.read_text()
+    except OSError as err:
+        raise ScoregeoError(f"cannot read {args.readme}: {err.strerror}") from None
+    names = regions(text)
+    link = Path(os.path.relpath(Path(results).absolute(), args.readme.absolute().parent)).as_posix()
+    if args.check:
+        differences = readme_differences(text, results, link)
+        for line in differences:
+            print(line)
+        print(f"{args.readme}: {len(names)} results region(s), {len(differences)} differ from {results}")
+        return 1 if differences else 0
+    if not names:
+        print(f"{args.readme} has no results region (<!-- results:NAME --> ... <!-- /results -->); nothing to fill")
+        return 0
+    filled = fill_readme(text, results, link)
+    if filled != text:
+        atomic_write_text(args.readme, filled)
+    print(f"{'wrote' if filled != text else 'unchanged:'} {args.readme}: {', '.join(names)} from {results}")
     return 0

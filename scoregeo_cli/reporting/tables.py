@@ -193,12 +193,16 @@ def to_csv(r: Rendered) -> str:
 # --------------------------------------------------------------------------- one recipe
 
 def render(recipe: rc.Recipe, output_root: Path, extras: list[str] = (), seeds: list[int] | None = None,
-           partial: bool = False, commit: str | None = None, conf_dir: Path = rc.CONF_DIR) -> list[Path]:
-    """Write ``<output_root>/tables/NAME.{md,tex,csv}`` and the recipe's figures.
+           partial: bool = False, commit: str | None = None, conf_dir: Path = rc.CONF_DIR,
+           out_dir: Path | None = None) -> list[Path]:
+    """Write ``<out_dir>/tables/NAME.{md,tex,csv}`` and the recipe's figures into
+    ``<out_dir>/figures/`` (``out_dir``: the output root unless given), from the runs under
+    ``output_root``.
 
     Raises MissingRuns (listing the expected run folders) when runs are not finished,
     unless ``partial``.
     """
+    out_dir = Path(output_root) if out_dir is None else Path(out_dir)
     seeds = recipe.seeds if seeds is None else seeds
     commit = git_commit() if commit is None else commit
     locator = rf.RunLocator(output_root, extras, recipe.requires, conf_dir)
@@ -209,13 +213,13 @@ def render(recipe: rc.Recipe, output_root: Path, extras: list[str] = (), seeds: 
         except MissingRuns as err:
             folders += err.folders
         else:
-            out = Path(output_root) / "tables"
+            out = out_dir / "tables"
             for suffix, text in (("md", to_markdown(table)), ("tex", to_latex(table)), ("csv", to_csv(table))):
                 atomic_write_text(out / f"{recipe.name}.{suffix}", text)
                 written.append(out / f"{recipe.name}.{suffix}")
     for fig in recipe.figures:
         try:
-            written += render_figure(recipe, fig, locator, seeds, Path(output_root) / "figures", commit, partial)
+            written += render_figure(recipe, fig, locator, seeds, out_dir / "figures", commit, partial)
         except MissingRuns as err:
             folders += err.folders
             files += err.files
