@@ -52,3 +52,19 @@ def test_fid_says_how_many_images_it_read_from_each_folder(tmp_path, capsys):
     captured = capsys.readouterr()
     assert re.fullmatch(r"fid: \d+\.\d{4}\n", captured.out), captured.out
     assert f"read 3 images from {tmp_path / 'real'} (reference) and 4 from {tmp_path / 'fake'}" in captured.err
+
+
+def test_a_sphere_run_folder_holds_what_the_readme_lists(tmp_path, monkeypatch, capsys):
+    """The README's run folder: a synthetic run writes its record, results, provenance,
+    paths.png and DONE; pairs.json and cache.json are image runs' (the README says so)."""
+    from helpers import invoke_cli
+
+    code, _, err = invoke_cli(["run", "experiment=sphere", "n_pairs=2", f"output_root={tmp_path}"], monkeypatch,
+                              capsys)
+    assert code == 0, err
+    (run,) = {p.parent for p in tmp_path.rglob("DONE")}
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", "DONE", "command.sh", "metrics.jsonl", "paths.png",
+                                                     "provenance.json", "summary.json"]
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert ("`pairs.json` and `cache.json` (image runs: the pairs' digits and angles, and what the run reused "
+            "from the cache), `provenance.json`") in readme

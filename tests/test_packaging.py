@@ -46,3 +46,7 @@ def test_wheel_install_runs_from_any_directory(tmp_path):
     listing = subprocess.run([str(python), "-m", "scoregeo_cli.cli", "reproduce", "--list"], cwd=work,
                              capture_output=True, text=True, timeout=300)
     assert listing.returncode == 0 and "table_synthetic" in listing.stdout, listing.stderr[-2000:]
+    report = subprocess.run([str(python), "-m", "scoregeo_cli.cli", "report", "--output-root", str(work / "out")],
+                            cwd=work, capture_output=True, text=True, timeout=300)  # the templates come with it
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "table_synthetic" in (work / "out" / "report" / "index.html").read_text()
