@@ -404,8 +404,8 @@ def train_ldm(cfg: DictConfig, out_dir: str | Path, vae: dict | None = None, une
               "train_seconds": round(vae_record["train_seconds"] + unet_record["train_seconds"], 1),
               "threads": torch.get_num_threads(), "device": f"cpu ({torch.get_num_threads()} threads)",
               "weights_dtype": export_dtype,
-              "weights_note": f"stored in {export_dtype}; every number below is measured on the folder as stored, "
-                              "loaded in float32 by score=stable_diffusion"}
+              "weights_note": f"stored in {export_dtype}; every measured number of this record is of the folder as "
+                              "stored, loaded in float32 by score=stable_diffusion"}
     record.update(roundtrip_psnr(model, dataset, int(psnr_samples)))
     print(f"trained in {record['train_seconds']:.0f} s; VAE round trip {record['vae_psnr']:.2f} dB PSNR on "
           f"{psnr_samples} held-out digits (target {PSNR_TARGET:g})")
