@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,11 @@ def test_wheel_install_runs_from_any_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(dist), str(REPO)], check=True, capture_output=True, text=True, timeout=600)
     wheel = next(dist.glob("scoregeo-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:  # the packaged diffusers folder, subfolders included
+        names = set(archive.namelist())
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/config.json", "scheduler/scheduler_config.json",
+                 "empty_prompt_embeds.safetensors", "training.json"):
+        assert f"scoregeo_cli/checkpoints/ldm_mnist/{part}" in names, part
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=300)
     python = env_dir / "bin" / "python"
