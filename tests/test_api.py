@@ -126,7 +126,7 @@ def test_cost_is_counted_in_single_sample_passes():
         return sphere_score(x)
 
     a, b = sphere_pairs()
-    geo = sg.geodesic(counted, a, b, nodes=8, max_evals=6)
+    geo = sg.geodesic(counted, a, b, nodes=8, max_evals=6, solver="gauss_newton_plain")
     # every batched call the budget counts, in points; the final gradient-norm measurement
     # (one more call) is not part of the solve
     assert geo.score_evals == 6 == len(calls) - 1
@@ -175,7 +175,9 @@ def test_float32_and_the_tensors_device():
     assert geo.path.dtype == torch.float32 and geo.energy.dtype == torch.float32
     ref = sg.geodesic(sphere_score, a.double(), b.double())
     assert float((geo.path.double() - ref.path).abs().max()) < 1e-4
-    assert float(geo.grad_rel.max()) < 1e-6  # gtol 1e-8 is below float32's rounding: converged stays False
+    # one criterion for every score: a gradient of 1e-8 is below float32's rounding, the
+    # energy criterion (etol 1e-4) is not
+    assert bool(geo.converged.all()) and float(geo.grad_rel.max()) < 1e-5
     ext = sg.extrapolate(geo, 0.25, 2)
     assert ext.path.dtype == torch.float32
 
@@ -286,7 +288,9 @@ BAD_CALLS = [
     ("quadrature", lambda: sg.geodesic(sphere_score, A, B, quadrature="gauss0")),
     ("interpolation", lambda: sg.geodesic(sphere_score, A, B, interpolation="quintic")),
     ("beta", lambda: sg.geodesic(sphere_score, A, B, beta=1.0)),
-    ("init", lambda: sg.geodesic(sphere_score, A, B, init=torch.zeros(3, 4, 3, dtype=torch.float64))),
+    ("init", lambda: sg.geodesic(sphere_score, A, B, init=torch.zeros(3, 4, 5, dtype=torch.float64))),
+    ("init", lambda: sg.geodesic(sphere_score, A, B, solver="gauss_newton_plain",
+                                 init=torch.zeros(3, 4, 3, dtype=torch.float64))),
     ("lam", lambda: sg.geodesic(None, A, B, metric=sg.families.Stein(sphere_score), lam=3.0)),
     ("duration", lambda: sg.extrapolate(_sphere_geo(), duration=0.0)),
     ("steps", lambda: sg.extrapolate(_sphere_geo(), steps=0)),
@@ -327,14 +331,16 @@ def test_defaults_are_those_of_scoregeo_run(compose_cfg):
     metric = {k: v for k, v in cfg.metric.items() if not k.startswith("_")}
     assert metric["lam"] == api.DEFAULT_LAM["stein"] and metric["normalize"] == "none"
     assert {k: metric[k] for k in api.METRIC_OPTIONS["stein"]} == api.METRIC_OPTIONS["stein"]
-    for name in api.SOLVERS:
-        # the API's gauss_newton is scoregeo run's plain solver (the run's default adds coarse levels)
-        solver = compose_cfg([f"solver={'gauss_newton_plain' if name == 'gauss_newton' else name}"]).solver
-        shared = [k for k in api.SOLVER_OPTIONS[name] if k in solver]
-        assert len(shared) >= 4 and {k: solver[k] for k in shared} == {k: api.SOLVER_OPTIONS[name][k] for k in shared}, name
+    for name in api.SOLVERS:  # one default solver: the API's gauss_newton is scoregeo run's
+        solver = compose_cfg([f"solver={name}"]).solver
+        options = {k: (list(v) if k == "continuation" else v) for k, v in solver.items() if not k.startswith("_")}
+        options.pop("nodes")
+        if name.startswith("gauss_newton"):
+            assert options == api.SOLVER_OPTIONS[name], name
+        else:  # the optimizers' config also names the optimizer the API takes as the solver's name
+            assert {k: options[k] for k in api.SOLVER_OPTIONS[name]} == api.SOLVER_OPTIONS[name], name
         assert solver.nodes == 16
-    run_default = compose_cfg().solver
-    assert list(run_default.levels) == [4, 7, 11] and run_default.coarse_quadrature == "gauss2"
+    assert cfg.solver._target_.endswith("AdaptiveSolver")  # the run's default is the API's default
     for name in ("pullback", "conformal"):
         node = compose_cfg([f"metric={name}"]).metric
         assert {k: node[k] for k in api.METRIC_OPTIONS[name]} == api.METRIC_OPTIONS[name]

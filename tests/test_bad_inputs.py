@@ -209,7 +209,7 @@ CASES = [
     ("method_unknown", ["method=[nosuch]"],
      "Could not load 'method/nosuch'; Available options in 'method': geodesic, geodesic_conformal", "in"),
     ("experiment_unknown", ["experiment=nosuch"], "Available options in 'experiment': circle, ellipse", "in"),
-    ("solver_unknown", ["solver=newton"], "Could not find 'solver/newton'", "in"),
+    ("solver_unknown", ["solver=newtn"], "Could not find 'solver/newtn'", "in"),
     ("key_unknown", ["metric.lamda=5"], "metric.lamda: the metric of experiment sphere "
      "(scoregeo_cli.geometry.stein.SteinMetric) has no option lamda; it takes: lam, normalize", "in"),
     # an unknown key, with or without +: refused naming the nearest key (not Hydra's hint to

@@ -30,3 +30,45 @@ def test_bench_records_passes_convergence_and_the_reference_error(tmp_path, caps
 def test_optimisers_run_on_the_unet_only_when_asked():
     assert "adam_reference" not in bench.DEFAULT_SOLVERS["mnist"]
     assert set(bench.SLOW_ON_UNET) == {"adam", "adam_reference"}
+
+
+def test_the_oracle_problem_is_the_runs_pairs_noise_and_true_rotation(compose_cfg):
+    """`scoregeo bench --problems oracle` solves what `scoregeo run experiment=learned_vs_exact
+    score=orbit` solves: the same endpoints (pairs, then noise, from the run's generator), and
+    its true-rotation start passes through them with the digit's rotations noised alike."""
+    import torch
+
+    from scoregeo_cli.studies.oracle_bench import oracle_problem
+    from scoregeo_cli.tasks.images import ImageTask
+
+    overrides = ["experiment=learned_vs_exact", "score=orbit", "score.t=300", "seed=1", "n_pairs=2",
+                 "eval.fid=false"]
+    prepared = ImageTask(extrapolate=False).prepare(compose_cfg(overrides))
+    eps = torch.randn(prepared.n_pairs, prepared.score.dim, generator=prepared.generator, dtype=torch.float64)
+    images_a, images_b = prepared.dataset.load([0, 1])
+    ends = prepared.space.endpoints(prepared.space.encode(images_a), prepared.space.encode(images_b), eps)
+    metric, solver, a, b, true_rotation = oracle_problem(300, 1, 2, compose_cfg)
+    assert torch.equal(a, ends.a) and torch.equal(b, ends.b)
+    path = true_rotation(5)
+    assert torch.equal(path[:, 0], a) and torch.equal(path[:, -1], b)
+    # the middle node is the digit rotated half-way, noised with the pair's noise
+    truth = prepared.dataset.truth([0, 1], torch.tensor([0.5], dtype=torch.float64))[:, 0]
+    abar = float(prepared.score.alphas_cumprod[300])
+    expected = abar ** 0.5 * prepared.space.encode(truth) + (1 - abar) ** 0.5 * eps
+    torch.testing.assert_close(path[:, 2], expected, rtol=1e-12, atol=1e-12)
+    assert metric.lam == 1000.0 and solver.max_evals == 400
+
+
+@pytest.mark.slow
+def test_on_the_exact_orbit_score_the_solve_from_lerp_ends_no_higher_than_from_the_true_rotation(tmp_path):
+    """Start independence on the oracle (t = 400, seed 0, 2 pairs): the default solver from
+    LERP ends within 1% of the energy of the same solver started from the noised true rotation,
+    or lower, on every pair (`scoregeo bench --problems oracle` measures it on 30 pairs per t)."""
+    out = tmp_path / "oracle.json"
+    assert bench.main(["--problems", "oracle", "--ts", "400", "--seeds", "0", "--oracle-pairs", "2",
+                       "--out", str(out)]) == 0
+    record = json.loads(out.read_text())["oracle"][0]
+    assert record["t"] == 400 and record["pairs"] == 2
+    assert all(record["start_independent"]), record["lerp_over_true"]
+    for start in ("lerp", "true"):
+        assert len(record[start]["energy"]) == 2 and record[start]["score_evals"] <= 400

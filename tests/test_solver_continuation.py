@@ -6,8 +6,8 @@ import torch
 
 from scoregeo_cli.data.synthetic import Sphere
 from scoregeo_cli.geometry.stein import SteinMetric
-from scoregeo_cli.geometry.solvers import (GaussNewtonSolver, gradient_norm, network_passes, resample,
-                                           straight_path)
+from scoregeo_cli.geometry.solvers import (AdaptiveSolver, GaussNewtonSolver, gradient_norm, network_passes,
+                                           resample, straight_path)
 from scoregeo_cli.scores.base import ScoreField
 
 
@@ -54,20 +54,44 @@ def test_gauss_newton_counts_its_passes_on_a_problem_solved_in_one_step():
     assert torch.allclose(result.path, straight_path(a, b, nodes), atol=1e-9)
 
 
-def test_coarse_levels_are_counted_and_the_result_has_the_requested_nodes():
+def test_the_default_counts_every_phase_and_returns_the_requested_nodes():
+    """A constant score: the metric is constant, every stage of the continuation, every level
+    and the last solve land on the straight line in one step, and every refinement keeps its
+    g-length: the refinement stops at the first level with at least the requested nodes."""
     g = torch.Generator().manual_seed(1)
     d, p, nodes = 5, 2, 9
     metric = SteinMetric(ConstantField(torch.randn(d, generator=g, dtype=torch.float64)), 10.0,
                          interpolation="cubic", quadrature="gauss4")
     a, b = torch.randn(p, d, generator=g, dtype=torch.float64), torch.randn(p, d, generator=g, dtype=torch.float64)
     metric.score.reset_counters()
-    result = GaussNewtonSolver(nodes, max_evals=20, gtol=1e-6, levels=[4], coarse_quadrature="gauss2")(
-        metric, a, b)
+    result = AdaptiveSolver(nodes, max_evals=60, start_nodes=5)(metric, a, b)
     assert result.path.shape == (p, nodes, d)
-    assert result.score_points == metric.score.points  # every pass of every level counted
+    assert result.score_points == metric.score.points  # every pass of every phase counted
     assert result.score_evals == metric.score.calls
-    assert result.vjp_points >= p * 4 * (nodes - 1)  # at least one linearisation at the finest level
+    assert result.solve_nodes == 9 and result.solved_path.shape == (p, 9, d)  # 5 -> 9 nodes
+    assert bool(result.resolved.all()) and float(result.length_change.max()) < 1e-12
+    assert bool(result.converged.all())
     assert torch.allclose(result.path, straight_path(a, b, nodes), atol=1e-8)
+
+
+def test_refinement_stops_when_the_length_is_resolved_and_says_when_it_is_not():
+    """On the smoothed sphere the g-length of the solved curve changes by less than
+    refine_tol between two levels at some resolution: the solver stops there and records the
+    change; capped below that resolution it reports the pairs as not resolved."""
+    sphere = Sphere(2, 3, 1.0, centre_offset=0.5, angle_range=(60, 150), seed=0)
+    a, b = sphere.pairs(2, torch.Generator().manual_seed(0))
+    metric = SteinMetric(sphere.exact_score(0.15), 1000.0, interpolation="cubic", quadrature="gauss4")
+    result = AdaptiveSolver(9, max_evals=300, refine_tol=1e-3, start_nodes=5)(metric, a, b)
+    assert bool(result.resolved.all()) and bool(result.converged.all())
+    assert float(result.length_change.max()) < 1e-3
+    # measured outside the solver: the curve one level coarser differs by the recorded change
+    coarser = AdaptiveSolver((result.solve_nodes + 1) // 2, max_evals=300, refine_tol=None, continuation=[])(
+        metric, a, b)
+    change = (metric.length(result.solved_path) - metric.length(coarser.path)).abs() / metric.length(result.solved_path)
+    assert torch.allclose(change, result.length_change, rtol=0.2, atol=2e-5)
+    capped = AdaptiveSolver(5, max_evals=300, refine_tol=1e-9, start_nodes=3, max_nodes=5)(metric, a, b)
+    assert capped.solve_nodes == 5 and not bool(capped.resolved.any())
+    assert bool((capped.length_change >= 1e-9).all())
 
 
 def test_resample_keeps_a_cubic_and_the_ends():

@@ -135,7 +135,7 @@ def test_codimension_the_shortest_geodesics_leave_the_subspace_and_the_default_f
 @pytest.mark.slow
 def test_finer_discretisations_converge_to_the_out_of_subspace_geodesic():
     sphere, a, b = sphere_pairs(10, 2)
-    solver, make_metric, _ = defaults(["solver.nodes=48", "solver.max_evals=300"])
+    solver, make_metric, _ = defaults(["solver.nodes=48", "solver.max_evals=300", "solver.refine_tol=null", "solver.etol=1e-6"])
     metric = make_metric(score=sphere.exact_score(0.15))
     result = solver(metric, a, b)
     for p in range(2):

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from scoregeo_cli.geometry.base import Metric
 
 METRICS = ("stein", "pullback", "conformal", "euclidean")
-SOLVERS = ("gauss_newton", "fixed_point", "lbfgs", "adam")
+SOLVERS = ("gauss_newton", "gauss_newton_plain", "fixed_point", "lbfgs", "adam")
 # The defaults of `scoregeo run` (conf/metric, conf/solver, conf/extrapolate; a test checks
 # that they agree).
 DEFAULT_LAM = {"stein": 1000.0, "pullback": 1.0}
@@ -28,9 +28,12 @@ METRIC_OPTIONS: dict[str, dict[str, Any]] = {
     "euclidean": {},
 }
 SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
-    "gauss_newton": {"max_evals": 200, "gtol": 1e-8, "warm_start": 0, "max_damping": 1e12, "levels": [],
-                     "coarse_quadrature": None, "coarse_gtol": 1e-3, "damping": "lm", "etol": 0.0,
-                     "float32_gtol": None},
+    "gauss_newton": {"max_evals": 400, "etol": 1e-4, "gtol": 1e-8, "level_etol": 1e-3, "refine_tol": 0.01,
+                     "start_nodes": 5, "max_nodes": 65, "continuation": [1e-3, 1e-2, 1e-1], "length_points": 8,
+                     "hessian": "gauss_newton", "max_cg": 20, "cg_tol": 0.1, "max_damping": 1e12, "damping": "lm",
+                     "line_search": True},
+    "gauss_newton_plain": {"max_evals": 200, "etol": 1e-4, "gtol": 1e-8, "warm_start": 0, "max_damping": 1e12,
+                           "damping": "lm", "line_search": True},
     "fixed_point": {"max_evals": 50, "tol": 1e-4, "min_step": 1e-3, "gtol": 1e-5},
     "lbfgs": {"lr": 1.0, "max_evals": 200, "tol": 1e-9, "freeze_score": False, "gtol": 1e-6},
     "adam": {"lr": 1e-2, "max_evals": 500, "tol": 1e-7, "freeze_score": False, "gtol": 1e-6},
@@ -84,7 +87,7 @@ def _build_metric(score, metric, lam, normalize, shape, options: dict) -> Metric
 
 def _build_solver(solver, nodes, metric: Metric, options: dict):
     """The solver object of ``geodesic``'s arguments (consuming its options from ``options``)."""
-    from scoregeo_cli.geometry.solvers import FixedPointSolver, GaussNewtonSolver, OptimizerSolver
+    from scoregeo_cli.geometry.solvers import AdaptiveSolver, FixedPointSolver, GaussNewtonSolver, OptimizerSolver
 
     nodes = integer("nodes", nodes, 3)
     if isinstance(solver, str):
@@ -93,6 +96,8 @@ def _build_solver(solver, nodes, metric: Metric, options: dict):
         kwargs.update({k: options.pop(k) for k in list(options) if k in kwargs})
         with as_argument_errors():
             if solver == "gauss_newton":
+                built = AdaptiveSolver(nodes, **kwargs)
+            elif solver == "gauss_newton_plain":
                 built = GaussNewtonSolver(nodes, **kwargs)
             elif solver == "fixed_point":
                 built = FixedPointSolver(nodes, **kwargs)
@@ -133,25 +138,25 @@ def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric
             1 for pullback.
         normalize: stein only: "none" (u = s) or "unit" (u = s / |s|).
         nodes: nodes per path, both ends included (>= 3).
-        solver: "gauss_newton" (the default: Gauss-Newton with Levenberg-Marquardt damping
-            on the true energy; with a metric other than stein it runs L-BFGS),
+        solver: "gauss_newton" (the default, the same as ``scoregeo run``'s: a continuation in
+            lam on a coarse path, then Gauss-Newton levels refined until the continuous
+            g-length changes by less than ``refine_tol``; with a metric other than stein it
+            runs L-BFGS), "gauss_newton_plain" (Gauss-Newton at ``nodes`` nodes only),
             "fixed_point" (stein only), "lbfgs" or "adam".
-        init: starting path (P, nodes, *shape); None: the straight line. Its first and last
-            nodes are replaced by a and b.
+        init: starting path (P, M, *shape); None: the straight line. Its first and last
+            nodes are replaced by a and b. "gauss_newton" takes any M >= 3 (it skips the
+            continuation and refines from M nodes); the other solvers need M = nodes.
         **options: of the metric: ``interpolation`` ("cubic" | "linear"), ``quadrature``
             ("gauss4", "midpoint", "trapezoid", "simpson", "gauss<k>"), ``evaluate_at``,
             ``length_points`` (stein), ``alpha`` (pullback), ``beta`` (conformal); of the
-            solver: ``max_evals`` (budget of batched score evaluations), ``gtol`` (relative
-            gradient tolerance of ``converged``), ``float32_gtol`` (gauss_newton: the same for
-            a score that computes in float32), ``etol`` (gauss_newton: converged also when the
-            energy is stable to this relative change), ``warm_start``, ``max_damping``,
-            ``damping``, ``levels`` (node counts of coarse paths solved first; [] for none),
-            ``coarse_quadrature``, ``coarse_gtol`` (gauss_newton), ``tol``, ``min_step``
+            solver: ``max_evals`` (budget of batched score evaluations), ``etol`` and ``gtol``
+            (``converged``: energy stable to etol relative, or relative gradient below gtol),
+            ``level_etol``, ``refine_tol``, ``start_nodes``, ``max_nodes``, ``continuation``,
+            ``length_points``, ``hessian``, ``max_cg``, ``cg_tol``, ``max_damping``,
+            ``damping``, ``line_search`` (gauss_newton;
+            the last three and ``warm_start`` for gauss_newton_plain), ``tol``, ``min_step``
             (fixed_point), ``lr``, ``tol``, ``freeze_score`` (lbfgs, adam). Defaults are those
-            of ``scoregeo run``, except that gauss_newton runs without coarse levels and
-            float32 tolerances unless asked (``scoregeo run``'s are ``levels=[4, 7, 11],
-            coarse_quadrature="gauss2", float32_gtol=1e-5, etol=1e-5``): in float32 a
-            ``gtol`` of about 1e-5 is reachable, the default 1e-8 is not.
+            of ``scoregeo run`` (conf/solver).
 
     Returns:
         A ``Geodesic``: the path (P, nodes, *shape) and its energy, g-length, convergence
@@ -181,10 +186,16 @@ def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric
     if init is not None:
         init = tensor("init", init, 3, f" of shape (P, nodes, *shape) = ({p}, {solver_obj.nodes}, "
                                         f"{', '.join(map(str, shape))})")
-        if tuple(init.shape) not in ((p, solver_obj.nodes, *shape), (p, solver_obj.nodes, d)):
-            raise ArgumentError(f"init must have shape {(p, solver_obj.nodes, *shape)}, got {tuple(init.shape)}")
+        from scoregeo_cli.geometry.solvers import AdaptiveSolver
+
+        any_nodes = isinstance(solver_obj, AdaptiveSolver) and init.dim() >= 3 and init.shape[1] >= 3
+        m = init.shape[1] if any_nodes else solver_obj.nodes
+        if tuple(init.shape) not in ((p, m, *shape), (p, m, d)):
+            want = f"(P, M >= 3, *shape) = ({p}, M, {', '.join(map(str, shape))})" if any_nodes else \
+                str((p, solver_obj.nodes, *shape))
+            raise ArgumentError(f"init must have shape {want}, got {tuple(init.shape)}")
         like("init", init[:, 0].reshape(p, *shape), a, "a")
-        start = init.detach().reshape(p, solver_obj.nodes, d).clone()
+        start = init.detach().reshape(p, m, d).clone()
         start[:, 0], start[:, -1] = flat_a, flat_b
     result = solver_obj(metric_obj, flat_a, flat_b, start)
     return Geodesic(result, metric_obj, shape)
@@ -204,36 +215,49 @@ class Geodesic:
         path: (P, N, *shape) the nodes, a and b included (node j at t = j / (N - 1)).
         energy: (P,) the discrete curve energy of the path under the metric, about
             1/2 int_0^1 g(x', x') dt (squared data units; length^2 / 2 at constant speed).
-        converged: (P,) bool: the true energy gradient fell below ``gtol`` times its value
-            on the starting path.
-        grad_rel: (P,) that gradient norm over its starting value.
+        converged: (P,) bool: the solve converged (energy stable to ``etol``, or the true
+            energy gradient below ``gtol`` times its value on the straight line).
+        grad_rel: (P,) that gradient norm over its value on the straight line.
+        solve_nodes: nodes of the discretisation the energy was minimised on (the default
+            solver chooses it; ``path`` is that curve at ``nodes`` evenly spaced parameters).
+        length_change: (P,) relative change of the continuous g-length at the last
+            refinement, or None (fixed resolution). resolved: (P,) bool, that change was
+            below the solver's ``refine_tol`` (None: fixed resolution).
         network_passes: single-sample forward passes of the score the solve took (a batch
             of B points counts B).
         backward_passes: single-sample vector-Jacobian products through the score.
+        hessian_passes: single-sample Hessian-vector products (double backward passes;
+            ``hessian="exact"`` only).
         score_evals: batched score calls (what the budget ``max_evals`` counts).
         iterations: solver iterations. seconds: wall time of the solve.
         metric: the metric object (``scoregeo_cli.families``), for ``extrapolate`` and for
             measuring other paths.
         shape: the shape of one point.
 
-    ``length`` (P,) is the continuous g-length of the curve through the nodes (data units),
-    computed on first access (dense Gauss-Legendre quadrature: score evaluations of its own, not counted
-    above). ``at(t)`` evaluates the curve between the nodes.
+    ``length`` (P,) is the continuous g-length of the solved curve (data units), computed on
+    first access (dense Gauss-Legendre quadrature: score evaluations of its own, not counted
+    above). ``at(t)`` evaluates the solved curve between its nodes.
     """
 
     def __init__(self, result, metric: Metric, shape: tuple[int, ...]):
         p, n = result.path.shape[:2]
         self._result, self.metric, self.shape = result, metric, tuple(shape)
-        self._flat = result.path.detach()
-        self.path = self._flat.reshape(p, n, *self.shape)
+        self._frames = result.path.detach()
+        solved = getattr(result, "solved_path", None)
+        self._flat = self._frames if solved is None else solved.detach()  # the curve that was solved
+        self.path = self._frames.reshape(p, n, *self.shape)
         self.energy = result.energy.detach()
         self.converged = result.converged
         self.grad_rel = _grad_rel(result)
         self.network_passes = int(result.score_points)
         self.backward_passes = int(result.vjp_points)
+        self.hessian_passes = int(getattr(result, "hvp_points", 0))
         self.score_evals = int(result.score_evals)
         self.iterations = int(result.iterations)
         self.seconds = float(result.seconds)
+        self.solve_nodes = int(getattr(result, "solve_nodes", 0) or n)
+        self.length_change = getattr(result, "length_change", None)
+        self.resolved = getattr(result, "resolved", None)
 
     @property
     def nodes(self) -> int:
@@ -256,7 +280,7 @@ class Geodesic:
         values = np.atleast_1d(values)
         if values.ndim != 1 or not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise ArgumentError("t must be a number or a 1-D sequence of parameters in [0, 1]")
-        basis = torch.as_tensor(_curve_basis(self.nodes, getattr(self.metric, "interpolation", "linear"), values),
+        basis = torch.as_tensor(_curve_basis(self._flat.shape[1], getattr(self.metric, "interpolation", "linear"), values),
                                 dtype=self._flat.dtype, device=self._flat.device)
         out = torch.einsum("mj,pjd->pmd", basis, self._flat)
         return out.reshape(out.shape[0], len(values), *self.shape)

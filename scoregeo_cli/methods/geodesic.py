@@ -74,16 +74,27 @@ class Geodesic(Method):
         # score), and both with a backward counted as one pass (deterministic, so that a run's
         # summary repeats; `scoregeo bench` weighs backward passes by their measured cost)
         forward, backward = geo.network_passes / n_pairs, geo.backward_passes / n_pairs
-        passes = forward + backward
+        hessian = geo.hessian_passes / n_pairs  # double backward passes (solver.hessian=exact)
+        passes = forward + backward + hessian
+        resolution = f"{geo.solve_nodes} nodes"
+        if geo.resolved is not None:
+            resolution += (f", {int(geo.resolved.sum())}/{n_pairs} resolved (last g-length change "
+                           f"{float(geo.length_change.max()):.2%} at most)")
         self.report = (f"{geo.score_evals} batched score evaluations, {geo.iterations} iterations, "
-                       f"{int(geo.converged.sum())}/{n_pairs} converged, {passes:.0f} network passes per pair, "
+                       f"{int(geo.converged.sum())}/{n_pairs} converged, {resolution}, "
+                       f"{passes:.0f} network passes per pair, "
                        f"{geo.seconds:.2f} s" + (" (that solve, reused from the cache)" if entry is not None else ""))
         energy = None if metric is not plan.metric else geo.energy  # rows report the run's metric
         out = MethodPath(path, None, score_evals=geo.score_evals, seconds=geo.seconds / n_pairs, energy=energy)
+        # per path: how the solve ended, the resolution it chose and what it cost
         out.extra = {"converged": geo.converged.double().cpu(), "grad_rel": geo.grad_rel.double().cpu(),
                      **{key: torch.full((n_pairs,), value, dtype=torch.float64) for key, value in (
-                         ("forward_passes_per_pair", forward), ("backward_passes_per_pair", backward),
+                         ("solve_nodes", float(geo.solve_nodes)), ("forward_passes_per_pair", forward),
+                         ("backward_passes_per_pair", backward), ("hessian_passes_per_pair", hessian),
                          ("network_passes_per_pair", passes))}}
+        if geo.resolved is not None:
+            out.extra["resolved"] = geo.resolved.double().cpu()
+            out.extra["length_change"] = geo.length_change.double().cpu()
         if plan.extrapolate and not getattr(metric, "has_geodesic_equation", True):
             self.report += f"; no extrapolation: {type(metric).__name__} has no geodesic equation here"
         elif plan.extrapolate:
@@ -141,16 +152,23 @@ def solve_key(metric, solver, ends: Endpoints) -> str | None:
 class CachedSolve:
     """The parts of an ``api.Geodesic`` that a run records, kept in and read from the cache."""
 
-    STATS = ("score_evals", "iterations", "network_passes", "backward_passes", "seconds")
+    STATS = ("score_evals", "iterations", "network_passes", "backward_passes", "hessian_passes", "seconds",
+             "solve_nodes")
 
     def __init__(self, entry: dict[str, torch.Tensor]):
         self.path, self.energy, self.grad_rel = entry["path"], entry["energy"], entry["grad_rel"]
         self.converged = entry["converged"].bool()
         for name, value in zip(self.STATS, entry["stats"].tolist()):
             setattr(self, name, value if name == "seconds" else int(value))
+        self.resolved = entry["resolved"].bool() if "resolved" in entry else None
+        self.length_change = entry.get("length_change")
 
     @classmethod
     def entry(cls, geo) -> dict[str, torch.Tensor]:
         stats = torch.tensor([float(getattr(geo, name)) for name in cls.STATS], dtype=torch.float64)
-        return {"path": geo.path, "energy": geo.energy, "grad_rel": geo.grad_rel,
-                "converged": geo.converged.to(torch.uint8), "stats": stats}
+        entry = {"path": geo.path, "energy": geo.energy, "grad_rel": geo.grad_rel,
+                 "converged": geo.converged.to(torch.uint8), "stats": stats}
+        if geo.resolved is not None:
+            entry["resolved"] = geo.resolved.to(torch.uint8)
+            entry["length_change"] = geo.length_change
+        return entry

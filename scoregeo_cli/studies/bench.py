@@ -38,7 +38,7 @@ from scoregeo_cli.evaluation.geometry import TruthReference, truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.io.files import atomic_write_json
 
-SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton_plain", "gauss_newton")
+SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton_plain", "newton", "gauss_newton")
 # what `scoregeo bench` runs on each problem without --solvers: the optimisers on the UNet take
 # tens of minutes on a CPU (ask for them with --solvers)
 DEFAULT_SOLVERS = {"sphere": SOLVERS, "mnist": ("fixed_point", "gauss_newton")}
@@ -67,16 +67,22 @@ def metric_from_config(score, normalize: str = "none"):
 
 
 def reference_solve(metric, a: torch.Tensor, b: torch.Tensor, nodes: int, max_evals: int = 60):
-    """The fine reference of a problem: the default solver at ``nodes`` nodes, its curve
-    resampled to 2 (nodes - 1) + 1 nodes and solved again there by Gauss-Newton to a tight
-    tolerance (relative gradient 1e-9 in float64, 1e-6 or energy stable to 1e-7 in float32;
-    at most ``max_evals`` evaluations)."""
+    """The fine reference of a problem: the default solver's curve at twice its solve's
+    segments (at least 31 nodes), solved again there by Gauss-Newton to a tight tolerance
+    (relative gradient 1e-9, or energy stable to 1e-7; at most ``max_evals`` evaluations)."""
     from scoregeo_cli.geometry.solvers import GaussNewtonSolver, resample
 
     start = solver_from_config("gauss_newton", nodes)(metric, a, b)
-    fine = 2 * (nodes - 1) + 1
-    solver = GaussNewtonSolver(fine, max_evals=max_evals, gtol=1e-9, float32_gtol=1e-6, etol=1e-7)
-    return solver(metric, a, b, resample(start.path, fine, metric.interpolation))
+    curve = solved_curve(start)
+    fine = max(31, 2 * (curve.shape[1] - 1) + 1)
+    solver = GaussNewtonSolver(fine, max_evals=max_evals, gtol=1e-9, etol=1e-7)
+    return solver(metric, a, b, resample(curve, fine, metric.interpolation))
+
+
+def solved_curve(result) -> torch.Tensor:
+    """The nodes a solve minimised its energy on (the default solver returns that curve
+    resampled at the frames' nodes)."""
+    return result.path if result.solved_path is None else result.solved_path
 
 
 def reference_errors(metric, path: torch.Tensor, reference: torch.Tensor, ref_length: torch.Tensor,
@@ -91,27 +97,37 @@ def reference_errors(metric, path: torch.Tensor, reference: torch.Tensor, ref_le
     return {"g_length_error": float(((length - ref_length).abs() / ref_length).max()), "ref_node_error": node}
 
 
-def vjp_cost(metric, path: torch.Tensor, repeats: int = 5) -> float:
-    """Measured cost of one vector-Jacobian product through the score relative to one
-    forward pass, on the batch of quadrature points of ``path``: the median over ``repeats``
-    of (forward with backward - forward) / forward, each pair timed back to back (a median of
-    paired ratios moves less than a ratio of minima when other work shares the machine)."""
+def vjp_cost(metric, path: torch.Tensor, repeats: int = 5, order: int = 1) -> float:
+    """Measured cost, relative to one forward pass on the batch of quadrature points of
+    ``path``, of one vector-Jacobian product through the score (``order`` 1: the backward
+    pass after a forward with its graph) or of one Hessian-vector product (``order`` 2: a
+    backward through the graph of a VJP, as each conjugate-gradient step of Newton-CG costs
+    once its iteration's graph is built): the median over ``repeats`` of paired ratios, each
+    pair timed back to back (a median of paired ratios moves less than a ratio of minima when
+    other work shares the machine)."""
     import numpy as np
 
     phi = torch.as_tensor(metric.curve(path.shape[1]).phi, dtype=path.dtype, device=path.device)
     points = torch.einsum("kj,pjd->pkd", phi, path).detach()
-    forward, both = [], []
+    ratios = []
     for _ in range(repeats):
         start = time.perf_counter()
         with torch.no_grad():
             metric.direction(points)
-        forward.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        forward = time.perf_counter() - start
         x = points.clone().requires_grad_(True)
+        start = time.perf_counter()
         u = metric.direction(x)
-        torch.autograd.grad(u, x, grad_outputs=torch.ones_like(u))
-        both.append(time.perf_counter() - start)
-    return max(float(np.median((np.array(both) - np.array(forward)) / np.array(forward))), 0.0)
+        if order == 1:
+            torch.autograd.grad(u, x, grad_outputs=torch.ones_like(u))
+            product = time.perf_counter() - start - forward
+        else:
+            (g,) = torch.autograd.grad(u, x, grad_outputs=torch.ones_like(u), create_graph=True)
+            start = time.perf_counter()
+            torch.autograd.grad(g, x, grad_outputs=torch.ones_like(g))
+            product = time.perf_counter() - start
+        ratios.append(product / forward)
+    return max(float(np.median(ratios)), 0.0)
 
 
 def sphere_problem(pairs: int, seed: int, normalize: str = "none"):
@@ -181,6 +197,7 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=None,
                    f"{nodes} nodes")
         line = lerp(a, b, nodes)
         cost = vjp_cost(metric, line)
+        hcost = vjp_cost(metric, line, order=2) if "newton" in names else 0.0
         unit = a.shape[0] * metric.curve(nodes).phi.shape[0]  # points of one batched forward
         refs = {}
         if reference:
@@ -205,18 +222,21 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=None,
             start = time.perf_counter()
             result = solver(metric, a, b)
             wall = time.perf_counter() - start
+            curve = solved_curve(result)
             records.append({
                 "problem": problem, "solver": name, "score_evals": result.score_evals,
                 "vjp_evals": result.vjp_evals, "vjp_cost": cost,
-                "fwd_eq": (result.score_points + cost * result.vjp_points) / unit,
-                "network_passes_per_pair": (result.score_points + cost * result.vjp_points) / a.shape[0],
+                "fwd_eq": (result.score_points + cost * result.vjp_points + hcost * result.hvp_points) / unit,
+                "network_passes_per_pair": (result.score_points + cost * result.vjp_points
+                                            + hcost * result.hvp_points) / a.shape[0],
                 "forward_passes_per_pair": result.score_points / a.shape[0],
                 "backward_passes_per_pair": result.vjp_points / a.shape[0],
+                "hessian_passes_per_pair": result.hvp_points / a.shape[0], "hvp_cost": hcost,
                 "seconds": wall, "seconds_per_pair": wall / a.shape[0], "outside_network": 1 - metric.score.seconds / wall,
                 "energy": float(result.energy.mean()),
                 "grad_rel": float((result.grad_norm / result.grad_norm0).max()),
-                "g_length": float(metric.length(result.path).mean()), **error(result.path),
-                **against_reference(result.path),
+                "g_length": float(metric.length(curve).mean()), **error(curve),
+                **against_reference(curve), "solve_nodes": curve.shape[1],
                 "converged": int(result.converged.sum()), "pairs": a.shape[0],
             })
             print(f"{problem}: {name} done in {wall:.1f} s", flush=True)
@@ -261,7 +281,16 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
     parser.add_argument("--solvers", nargs="+", default=None, choices=SOLVERS,
                         help="solvers of every problem (default: all on the sphere; fixed_point and "
                              "gauss_newton on the UNet, where the optimisers take tens of minutes)")
-    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=[*PROBLEMS, "oracle"],
+                        help="sphere and mnist (the default), and oracle: the exact orbit score per t, "
+                             "converged and start independence (studies/oracle_bench.py; long)")
+    parser.add_argument("--ts", nargs="+", type=int, default=[50, 100, 200, 400],
+                        help="oracle: the levels t (default %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="oracle: the seeds of experiment=learned_vs_exact (default %(default)s)")
+    parser.add_argument("--oracle-pairs", type=int, default=10, help="oracle: pairs per seed (default 10)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="oracle: config overrides of its runs, e.g. solver.hessian=exact score.angle_step=0.25")
     parser.add_argument("--normalize", default="none", choices=["none", "unit"],
                         help="metric.normalize of every problem (default: none, the raw score)")
     parser.add_argument("--reference", action="store_true",
@@ -277,9 +306,21 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
         raise ScoregeoError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, args.problems, args.normalize,
-                        args.reference, args.unet_adam)
-    print(format_records(records))
+    if "oracle" in args.problems:
+        from scoregeo_cli.studies.oracle_bench import format_oracle, run_oracle
+
+        if args.oracle_pairs < 1 or any(t < 1 or t > 999 for t in args.ts):
+            raise ScoregeoError(f"--oracle-pairs must be >= 1 and --ts levels in 1..999, got {args.oracle_pairs} "
+                                f"and {args.ts}")
+        oracle = run_oracle(args.ts, args.seeds, args.oracle_pairs, compose_config, args.set)
+        print(format_oracle(oracle))
+    problems = [p for p in args.problems if p != "oracle"]
+    records = run_bench(args.pairs, args.seed, args.nodes, args.solvers, problems, args.normalize,
+                        args.reference, args.unet_adam) if problems else []
+    if records:
+        print(format_records(records))
+    if "oracle" in args.problems:
+        records = {"solvers": records, "oracle": oracle}
     atomic_write_json(Path(args.out), records)
     print(f"\nwritten {args.out}")
     return 0

@@ -31,7 +31,13 @@ class GeodesicResult:
     gradient norm fell below gtol times its value at the start. grad_norm, grad_norm0: (P,)
     norm of the true energy gradient over the interior nodes at the end and at the start.
     vjp_evals: batched vector-Jacobian products through the score (backward passes);
-    score_points, vjp_points: points those passes covered (for forward-equivalent costs).
+    score_points, vjp_points: points those passes covered (for forward-equivalent costs);
+    hvp_points: points of Hessian-vector products (double backward passes; Newton-CG).
+    solve_nodes: nodes of the discretisation the energy was minimised on (the returned path
+    may be that curve resampled at other nodes); length_change: (P,) relative change of the
+    continuous g-length at the last refinement (adaptive resolution; None otherwise);
+    resolved: (P,) that change was below the solver's tolerance (None: fixed resolution).
+    solved_path: (P, solve_nodes, D) the nodes the energy was minimised on (None: ``path``).
     """
 
     path: torch.Tensor
@@ -46,6 +52,11 @@ class GeodesicResult:
     vjp_evals: int = 0
     score_points: int = 0
     vjp_points: int = 0
+    hvp_points: int = 0
+    solve_nodes: int = 0
+    length_change: torch.Tensor | None = None
+    resolved: torch.Tensor | None = None
+    solved_path: torch.Tensor | None = None
 
 
 class SolveProgress:

@@ -56,3 +56,28 @@ def gauss_newton_step(model, lam: float, path: torch.Tensor, r: torch.Tensor, u:
         wy = wy + b.T @ (y[..., None] * g)
     step = -(z - a_inv @ wy)
     return step.to(path.dtype), grad.to(path.dtype)
+
+
+def gauss_newton_solve(model, lam: float, u: torch.Tensor, g: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """G^{-1} rhs for the Gauss-Newton matrix G = S_int (x) I + W W^T of ``gauss_newton_step``
+    (undamped), rhs (P, N-1, D): the same Woodbury solve, float64."""
+    work = torch.float64
+    u, g, rhs = u.to(work), g.to(work), rhs.to(work)
+    dev = rhs.device
+    a, b, stiff = model.residual_rows(lam, work, dev)
+    a_inv = torch.linalg.inv(stiff[1:-1, 1:-1]).expand(rhs.shape[0], -1, -1)
+    cross = (a @ a_inv @ b.T) * (u @ g.transpose(1, 2))
+    cap = ((a @ a_inv @ a.T) * (u @ u.transpose(1, 2)) + cross + cross.transpose(1, 2)
+           + (b @ a_inv @ b.T) * (g @ g.transpose(1, 2)) + torch.eye(u.shape[1], dtype=work, device=dev))
+    z = a_inv @ rhs
+    y = torch.linalg.solve(cap, (((a @ z) * u).sum(-1) + ((b @ z) * g).sum(-1)).unsqueeze(-1)).squeeze(-1)
+    return z - a_inv @ (a.T @ (y[..., None] * u) + b.T @ (y[..., None] * g))
+
+
+def gauss_newton_apply(model, lam: float, u: torch.Tensor, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """G v for the Gauss-Newton matrix G = S_int (x) I + W W^T, v (P, N-1, D), float64."""
+    work = torch.float64
+    u, g, v = u.to(work), g.to(work), v.to(work)
+    a, b, stiff = model.residual_rows(lam, work, v.device)
+    wv = ((a @ v) * u).sum(-1) + ((b @ v) * g).sum(-1)  # (P, K): W^T v
+    return stiff[1:-1, 1:-1] @ v + a.T @ (wv[..., None] * u) + b.T @ (wv[..., None] * g)
