@@ -225,6 +225,53 @@ def test_snapshots_leave_the_run_unchanged_and_float16_export_is_the_same_weight
             train_unet(cfg, tmp_path / "bad", **{**kwargs, **bad})
 
 
+def test_training_levels_are_drawn_only_from_their_range():
+    """score.train.levels: the sampling function draws every level of [lo, hi] and nothing
+    outside it; the whole schedule (the default) draws exactly what the trainer drew before."""
+    from scoregeo_cli.training.unet import check_levels, draw_levels
+
+    assert check_levels(None, 1000) == (0, 999)
+    assert check_levels([0, 250], 1000) == (0, 250)
+    drawn = draw_levels(20_000, check_levels([25, 250], 1000), torch.Generator().manual_seed(0))
+    assert drawn.dtype == torch.long and int(drawn.min()) == 25 and int(drawn.max()) == 250
+    assert len(torch.unique(drawn)) == 226  # every level of the range, both ends included
+    single = draw_levels(100, check_levels([7, 7], 1000), torch.Generator().manual_seed(1))
+    assert torch.equal(single, torch.full((100,), 7))
+    before = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(draw_levels(64, (0, 999), torch.Generator().manual_seed(2)), before)
+
+
+@pytest.mark.parametrize("bad", [[-1, 10], [10, 5], [0, 1000], [1.5, 3], [1, 2, 3], [5], "0-250", [True, 3]])
+def test_bad_training_levels_are_refused_in_one_sentence_before_any_work(bad, tiny_checkpoint, tmp_path):
+    from scoregeo_cli.training.unet import train_unet
+
+    _, cfg, kwargs = tiny_checkpoint
+    with pytest.raises(ScoregeoError, match="score.train.levels must be") as err:
+        train_unet(cfg, tmp_path / "bad", **kwargs, levels=bad)
+    message = str(err.value)
+    assert "\n" not in message and message.count(". ") == 0 and "999" in message
+    assert not (tmp_path / "bad").exists()  # refused before the run folder or the data
+
+
+def test_a_model_trained_on_a_range_of_levels_says_so(tiny_checkpoint, tmp_path):
+    """The record of the final weights and of each snapshot holds the range; a run of the
+    whole schedule records [0, T - 1]; a training state of one range does not resume as another."""
+    from scoregeo_cli.scores.unet import load_checkpoint
+    from scoregeo_cli.training.unet import train_unet
+
+    straight, cfg, kwargs = tiny_checkpoint
+    assert load_checkpoint(straight)[2]["training"]["levels"] == [0, 999]
+    final = train_unet(cfg, tmp_path, **kwargs, levels=[0, 250], snapshots=[2])
+    for path in (final, tmp_path / "unet_step2.safetensors"):
+        record = load_checkpoint(path)[2]["training"]
+        assert record["levels"] == [0, 250] and "0..250" in record["levels_note"], path
+        assert set(record["eps_mse_per_t"]) == {"50", "100", "200", "400", "800"}
+        assert record["train_seconds"] > 0 and record["device"].startswith("cpu (")
+    assert "(levels 0..250)" in load_checkpoint(final)[2]["training"]["ema_test_loss_note"]
+    with pytest.raises(ScoregeoError, match="training state of a different model"):
+        train_unet(cfg, tmp_path, **{**kwargs, "steps": 6}, levels=[0, 100])
+
+
 def test_end_to_end_run_on_two_pairs(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     checkpoint = tiny_checkpoint[0]
     cmd = ["run", "experiment=rotated_mnist", f"output_root={tmp_path}",

@@ -124,19 +124,46 @@ def generate(model, scheduler_config: dict, n: int, generator: torch.Generator, 
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 
+def check_levels(levels, num_train_timesteps: int) -> tuple[int, int]:
+    """``score.train.levels`` as (lo, hi), checked: null is the whole schedule (0, T - 1);
+    otherwise two integer levels 0 <= lo <= hi <= T - 1."""
+    top = int(num_train_timesteps) - 1
+    if levels is None:
+        return 0, top
+    try:
+        lo, hi = (v for v in levels)
+        if isinstance(lo, bool) or isinstance(hi, bool) or int(lo) != lo or int(hi) != hi:
+            raise TypeError
+        lo, hi = int(lo), int(hi)
+    except (TypeError, ValueError):
+        raise ScoregeoError(f"score.train.levels must be null (every level) or two integer levels [lo, hi] "
+                            f"with 0 <= lo <= hi <= {top}, got {levels!r}") from None
+    if not 0 <= lo <= hi <= top:
+        raise ScoregeoError(f"score.train.levels must be two levels [lo, hi] with 0 <= lo <= hi <= {top} (the "
+                            f"schedule has {top + 1} levels), got [{lo}, {hi}]")
+    return lo, hi
+
+
+def draw_levels(n: int, levels: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """n training levels (long), uniform over the integers lo..hi of ``levels`` (both included)."""
+    lo, hi = levels
+    return torch.randint(int(lo), int(hi) + 1, (int(n),), generator=generator)
+
+
 def _predict_eps(model, x_t: torch.Tensor, levels: torch.Tensor, batch: int = 128) -> torch.Tensor:
     """The model's noise prediction for points (n, 1, 28, 28) at per-point levels (n,), in batches."""
     return torch.cat([model(xb, tb).sample for xb, tb in zip(x_t.split(batch), levels.split(batch))])
 
 
 @torch.no_grad()
-def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1) -> float:
+def eps_test_loss(model, dataset, scheduler, n: int = 512, seed: int = 1,
+                  levels: tuple[int, int] | None = None) -> float:
     """Mean squared eps error on held-out digits (``dataset.heldout_split``) at uniform
-    training angles and levels."""
+    training angles and levels (``levels``: the training range, default every level)."""
     gen = torch.Generator().manual_seed(seed)
     x0 = dataset.rotated_batch(dataset.heldout_split, n, gen) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen)
-    ts = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=gen)
+    ts = draw_levels(n, levels or (0, scheduler.config.num_train_timesteps - 1), gen)
     return float(F.mse_loss(_predict_eps(model, scheduler.add_noise(x0, noise, ts), ts), noise))
 
 
@@ -160,14 +187,18 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
                warmup: int = 100, weight_decay: float = 0.0, grad_clip: float = 1.0, ema_decay: float = 0.999,
                checkpoint_every: int = 200, model: dict | None = None, schedule: dict | None = None,
                fid_samples: int = 64, sample_steps: int = 50, test_loss_samples: int = 512,
-               threads: int | None = None, snapshots=(), export_dtype: str = "float32") -> Path:
+               threads: int | None = None, snapshots=(), export_dtype: str = "float32", levels=None) -> Path:
     """Train an eps-prediction UNet on rotated digits of ``cfg.dataset``; return the exported
     EMA checkpoint ``<out_dir>/unet.safetensors`` (see the module docstring).
 
     ``snapshots``: steps (< ``steps``) at which the EMA weights are also exported, in float16,
     as ``<out_dir>/unet_step<N>.safetensors`` with their held-out eps-MSE per level: a ladder of
     one training run at increasing steps (they do not change the run itself). ``export_dtype``:
-    float32 or float16 (half the file; loading casts back to float32) for the final weights."""
+    float32 or float16 (half the file; loading casts back to float32) for the final weights.
+
+    ``levels``: [lo, hi], the diffusion levels trained (uniform integers lo..hi, both
+    included); null trains every level of the schedule. The record holds the range; the
+    held-out eps-MSE per t is measured at the same levels either way."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -192,12 +223,14 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     if snapshots and not 1 <= snapshots[0] <= snapshots[-1] < int(steps):
         raise ScoregeoError(f"score.train.snapshots must be steps between 1 and steps - 1 = {int(steps) - 1}, "
                             f"got {snapshots}")
+    schedule = {**DEFAULT_SCHEDULE, **(dict(schedule) if schedule else {}), "prediction_type": "epsilon"}
+    levels = check_levels(levels, int(schedule["num_train_timesteps"]))
+    every_level = levels == (0, int(schedule["num_train_timesteps"]) - 1)
     if threads:
         torch.set_num_threads(int(threads))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     architecture = {**DEFAULT_ARCHITECTURE, **(dict(model) if model else {})}
-    schedule = {**DEFAULT_SCHEDULE, **(dict(schedule) if schedule else {}), "prediction_type": "epsilon"}
     dataset = instantiate(cfg.dataset)
     torch.manual_seed(int(cfg.seed))
     net = build_unet(**architecture)
@@ -209,6 +242,8 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     signature = {"architecture": architecture, "schedule": schedule, "batch_size": int(batch_size),
                  "source": dataset.source, "train_split": dataset.train_split,
                  "train_angles": list(dataset.train_angles)}
+    if not every_level:  # (a state written before levels existed trained every level)
+        signature["levels"] = list(levels)
     state_path = out_dir / STATE_FILE
     step, losses, seconds = 0, [], 0.0
     if state_path.exists():
@@ -233,7 +268,8 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     n_params = sum(p.numel() for p in net.parameters())
     print(f"UNet2DModel {architecture['block_out_channels']}, {n_params} parameters; "
           f"{len(dataset.images(dataset.train_split))} training digits ({dataset.source}, {dataset.train_split}) "
-          f"rotated in {list(dataset.train_angles)} deg")
+          f"rotated in {list(dataset.train_angles)} deg"
+          + ("" if every_level else f"; levels {levels[0]}..{levels[1]}"))
     net.train()
     bar = tqdm(total=int(steps), initial=step, desc="train unet", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -241,7 +277,7 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
         while step < steps:
             x0 = dataset.training_batch(int(batch_size), gen) * 2 - 1
             noise = torch.randn(x0.shape, generator=gen)
-            ts = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+            ts = draw_levels(x0.shape[0], levels, gen)
             loss = F.mse_loss(net(scheduler.add_noise(x0, noise, ts), ts).sample, noise)
             check_finite(loss.detach(), "the training loss", f"step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
@@ -258,7 +294,10 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
             if step in snapshots and not (out_dir / f"unet_step{step}.safetensors").exists():
                 save_snapshot(out_dir / f"unet_step{step}.safetensors", net, ema, scheduler, dataset, step,
                               {"batch_size": int(batch_size), "lr": float(lr), "of_steps": int(steps),
-                               "ema_decay": float(ema_decay)})
+                               "ema_decay": float(ema_decay), **levels_record(levels, every_level),
+                               "train_seconds": round(seconds + time.perf_counter() - t0, 1),
+                               "threads": torch.get_num_threads(),
+                               "device": f"cpu ({torch.get_num_threads()} threads)"})
             if step % int(checkpoint_every) == 0 or step == steps:
                 seconds += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -278,11 +317,13 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     stored = exported if export_dtype == "float32" else copy.deepcopy(exported).half().float()
     record = {"command": training_command(out_dir), **data_record(dataset), "steps": int(step),
               "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
+              **levels_record(levels, every_level),
               "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
-              "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples)),
+              "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples), levels=levels),
               "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} digits of the "
-                                    f"{dataset.heldout_split} split at uniform training angles and levels",
+                                    f"{dataset.heldout_split} split at uniform training angles and levels"
+                                    + ("" if every_level else f" (levels {levels[0]}..{levels[1]})"),
               "eps_mse_per_t": eps_mse_per_level(stored, dataset, alphas_cumprod_from(scheduler.config)),
               "eps_mse_per_t_note": f"eps-MSE of the EMA weights as stored ({export_dtype}) at fixed levels t, 256 "
                                     f"digits of the {dataset.heldout_split} split at uniform training angles (same "
@@ -307,6 +348,15 @@ def training_command(out_dir: Path) -> str | None:
     """The command a training folder's command.sh replays, if it has one."""
     path = Path(out_dir) / "command.sh"
     return path.read_text().strip() if path.exists() else None
+
+
+def levels_record(levels: tuple[int, int], every_level: bool) -> dict:
+    """What a checkpoint's record says of the levels it was trained on."""
+    lo, hi = levels
+    return {"levels": [int(lo), int(hi)],
+            "levels_note": "every level of the schedule, uniform" if every_level else
+                           f"trained only on levels {lo}..{hi} (uniform integers, both included); at other "
+                           "levels the network was never trained"}
 
 
 def data_record(dataset) -> dict:
