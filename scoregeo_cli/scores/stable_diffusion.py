@@ -13,9 +13,9 @@ encode, decode and the noise predictor for DDIM.
 
 ``pretrained`` is a packaged name (``ldm_mnist``: the latent diffusion model of rotated digits
 that ``scoregeo train experiment=ldm_mnist`` trains, shipped in ``scoregeo_cli/checkpoints/``), a
-local diffusers folder or a Hugging Face hub id already in the local cache; nothing is downloaded (the package sets ``HF_HUB_OFFLINE=1``). Every file is checked
-before anything is computed, and a missing one is reported in one sentence naming
-``score.pretrained``.
+local diffusers folder or a Hugging Face hub id already in the local cache; nothing is
+downloaded (the package sets ``HF_HUB_OFFLINE=1``). Every file is checked before anything is
+computed, and a missing one is reported in one sentence naming ``score.pretrained``.
 
 Conditioning c (no classifier-free guidance, as in DiffMorpher's protocol):
 
