@@ -159,12 +159,17 @@ def test_image_shaped_points_give_the_flat_solution():
 
 
 def test_the_curve_between_the_nodes():
+    """``at`` evaluates the solved curve: at the frames' parameters it gives the frames (also
+    when the default solver solved on other nodes), and between two nodes of a polygon solved
+    at the frames' own nodes it is the chord's midpoint."""
     a, b = sphere_pairs()
     for interpolation in ("cubic", "linear"):
-        geo = sg.geodesic(sphere_score, a, b, nodes=7, max_evals=5, interpolation=interpolation,
-                          quadrature="gauss4")
-        nodes = geo.at(torch.linspace(0, 1, 7, dtype=torch.float64))
-        assert torch.allclose(nodes, geo.path, atol=1e-12), interpolation
+        for solver in ("gauss_newton", "gauss_newton_plain"):
+            geo = sg.geodesic(sphere_score, a, b, nodes=7, max_evals=5, interpolation=interpolation,
+                              quadrature="gauss4", solver=solver)
+            nodes = geo.at(torch.linspace(0, 1, 7, dtype=torch.float64))
+            assert torch.allclose(nodes, geo.path, atol=1e-12), (interpolation, solver)
+    assert geo.solve_nodes == 7
     mid = geo.at(1 / 12)  # linear: halfway along the first segment
     assert torch.allclose(mid[:, 0], (geo.path[:, 0] + geo.path[:, 1]) / 2, atol=1e-12)
 

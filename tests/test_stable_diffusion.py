@@ -323,7 +323,8 @@ def test_morphbench_run_end_to_end(tmp_path, tiny_sd, monkeypatch):
 
     for name in ("Animation/square", "Metamorphosis/disc"):
         strip = np.asarray(Image.open(run / "strips" / f"{name}.png"))
-        assert strip.shape[0] == 5 * (64 + 2) and strip.shape[1] > 4 * 64  # inputs + 4 methods, 4 frames
+        # a title line and a line of column labels (14 px each) above inputs + 4 methods, 4 frames
+        assert strip.shape[0] == 2 * 14 + 5 * (64 + 2) and strip.shape[1] > 4 * 64
         frames = {m: [np.asarray(Image.open(run / "frames" / m / name / f"{i:02d}.png")) for i in range(4)]
                   for m in summary}
         assert not (run / "frames" / "lerp" / name / "04.png").exists()

@@ -29,7 +29,7 @@ METRIC_OPTIONS: dict[str, dict[str, Any]] = {
 }
 SOLVER_OPTIONS: dict[str, dict[str, Any]] = {
     "gauss_newton": {"max_evals": 400, "etol": 1e-4, "gtol": 1e-8, "level_etol": 1e-3, "refine_tol": 0.01,
-                     "start_nodes": 5, "max_nodes": 65, "continuation": [1e-3, 1e-2, 1e-1], "length_points": 8,
+                     "start_nodes": 5, "max_nodes": 65, "continuation": [1e-3, 1e-2, 1e-1], "length_points": 2, "max_points": 32,
                      "hessian": "gauss_newton", "max_cg": 20, "cg_tol": 0.1, "max_damping": 1e12, "damping": "lm",
                      "line_search": True},
     "gauss_newton_plain": {"max_evals": 200, "etol": 1e-4, "gtol": 1e-8, "warm_start": 0, "max_damping": 1e12,
@@ -152,7 +152,7 @@ def geodesic(score: Callable | None, a: torch.Tensor, b: torch.Tensor, *, metric
             solver: ``max_evals`` (budget of batched score evaluations), ``etol`` and ``gtol``
             (``converged``: energy stable to etol relative, or relative gradient below gtol),
             ``level_etol``, ``refine_tol``, ``start_nodes``, ``max_nodes``, ``continuation``,
-            ``length_points``, ``hessian``, ``max_cg``, ``cg_tol``, ``max_damping``,
+            ``length_points``, ``max_points``, ``hessian``, ``max_cg``, ``cg_tol``, ``max_damping``,
             ``damping``, ``line_search`` (gauss_newton;
             the last three and ``warm_start`` for gauss_newton_plain), ``tol``, ``min_step``
             (fixed_point), ``lr``, ``tol``, ``freeze_score`` (lbfgs, adam). Defaults are those

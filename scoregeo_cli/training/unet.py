@@ -295,7 +295,7 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
                 save_snapshot(out_dir / f"unet_step{step}.safetensors", net, ema, scheduler, dataset, step,
                               {"batch_size": int(batch_size), "lr": float(lr), "of_steps": int(steps),
                                "ema_decay": float(ema_decay), **levels_record(levels, every_level),
-                               "train_seconds": round(seconds + time.perf_counter() - t0, 1),
+                               "train_seconds": round(seconds + time.perf_counter() - t0, 3),
                                "threads": torch.get_num_threads(),
                                "device": f"cpu ({torch.get_num_threads()} threads)"})
             if step % int(checkpoint_every) == 0 or step == steps:

@@ -37,7 +37,7 @@ from scoregeo_cli.geometry.solvers.base import (GeodesicResult, SolveProgress, _
                                                 resample, straight_path)
 from scoregeo_cli.geometry.solvers.fixed_point import FixedPointSolver
 from scoregeo_cli.geometry.solvers.normal_equations import gauss_newton_step
-from scoregeo_cli.geometry.solvers.optimizer import OptimizerSolver
+from scoregeo_cli.geometry.solvers.optimizer import lbfgs_without_residuals
 
 __all__ = ["GaussNewtonSolver", "LevelSolve", "gauss_newton_step"]
 
@@ -112,8 +112,7 @@ class GaussNewtonSolver:
     def __call__(self, metric: Metric, a: torch.Tensor, b: torch.Tensor,
                  init: torch.Tensor | None = None) -> GeodesicResult:
         if not hasattr(metric, "evaluate"):  # no residual structure: L-BFGS on its energy
-            return OptimizerSolver(self.nodes, "lbfgs", 1.0, max(self.max_evals, 2), 1e-12,
-                                   gtol=self.gtol)(metric, a, b, init)
+            return lbfgs_without_residuals(metric, self.nodes, self.max_evals, self.gtol, a, b, init)
         with SolveProgress("Gauss-Newton solve", metric, self.max_evals) as progress:
             return self._solve(metric, a, b, init, progress)
 

@@ -112,3 +112,10 @@ class OptimizerSolver:
         result = _finish(metric, result, path0, self.gtol, points0)
         result.seconds = time.perf_counter() - start
         return result
+
+
+def lbfgs_without_residuals(metric: Metric, nodes: int, max_evals: int, gtol: float, a: torch.Tensor,
+                            b: torch.Tensor, init: torch.Tensor | None) -> GeodesicResult:
+    """What the Gauss-Newton solvers do with a metric that has no residual structure (no
+    ``evaluate``: pullback, conformal): L-BFGS on its energy with their budget and tolerance."""
+    return OptimizerSolver(nodes, "lbfgs", 1.0, max(max_evals, 2), 1e-12, gtol=gtol)(metric, a, b, init)
