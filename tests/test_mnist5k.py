@@ -240,3 +240,55 @@ def test_the_unet_orbit_ladder_gets_closer_to_its_data_with_training():
     for level in ("50", "200"):
         values = [e[level] for e in errors]
         assert values == sorted(values, reverse=True), (level, values)
+
+
+def test_experiment_unet_orbit_levels_is_unet_orbit_on_levels_0_to_250():
+    """The config that trains unet_orbit_lv1000/lv3000 differs from unet_orbit's only in the
+    levels, the length of the run, its snapshot and the stored dtype (and measures no sample FID)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from scoregeo_cli.app import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        base, levels = (OmegaConf.to_container(compose("config", overrides=[f"experiment={name}"]), resolve=True)
+                        for name in ("unet_orbit", "unet_orbit_levels"))
+    GlobalHydra.instance().clear()
+    assert levels["score"]["train"].pop("levels") == [0, 250] and base["score"]["train"].pop("levels") is None
+    changed = {k for k in base["score"]["train"] if base["score"]["train"][k] != levels["score"]["train"][k]}
+    assert changed == {"steps", "snapshots", "export_dtype", "fid_samples"}
+    assert levels["score"]["train"]["steps"] == 3000 and levels["score"]["train"]["snapshots"] == [1000]
+    assert levels["dataset"] == base["dataset"] and levels["seed"] == base["seed"]
+
+
+def test_unet_orbit_trained_on_its_levels_says_so_and_is_closer_there():
+    """unet_orbit_lv1000 and unet_orbit_lv3000 (steps 1000 and 3000 of one run of
+    experiment=unet_orbit_levels, float16): each record says the command, steps, level range,
+    training time and device; at t = 50 and 100 both predict the noise of held-out orbit-set
+    digits better than unet_orbit, trained on every level for 1000 steps."""
+    import json
+
+    from scoregeo_cli.scores.unet import PACKAGED_NAMES, TRAINED_BY, load_checkpoint
+    from scoregeo_cli.training.unet import eps_mse_per_level
+
+    data = RotatedDigits(pair_split="orbit_set", train_split="orbit_set")
+    model, abar, _ = load_checkpoint("unet_orbit")
+    reference = eps_mse_per_level(model, data, abar, levels=(50, 100), n=64, seed=5)
+    for name, steps in (("unet_orbit_lv1000", 1000), ("unet_orbit_lv3000", 3000)):
+        path = PACKAGED_NAMES[name]
+        assert path.stat().st_size < 5_000_000  # a few MB
+        model, abar, meta = load_checkpoint(name)
+        record = meta["training"]
+        assert meta["weights_dtype"] == "float16" and record["command"] == TRAINED_BY[name][0]
+        assert record["command"] == "scoregeo train experiment=unet_orbit_levels"
+        assert record["steps"] == steps and record.get("of_steps", steps) == 3000 and record["levels"] == [0, 250]
+        assert record["train_split"] == "orbit_set" and record["batch_size"] == 64
+        assert record["device"] == "cpu (1 threads)"
+        # the step-1000 snapshot was written before snapshots recorded their time: its note says so
+        assert (record["train_seconds"] or 0) > 0 or "not recorded" in record["train_seconds_note"]
+        assert set(record["eps_mse_per_t"]) >= {"50", "100", "200", "400"}
+        errors = eps_mse_per_level(model, data, abar, levels=(50, 100), n=64, seed=5)
+        for level in ("50", "100"):
+            assert errors[level] < reference[level], (name, level, errors, reference)

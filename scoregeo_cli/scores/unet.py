@@ -34,14 +34,20 @@ PACKAGED_NAMES = {"unet_digits": PACKAGED,
                   # the ladder of unet_orbit (README, "Learned versus exact"): EMA snapshots at
                   # steps 150 and 400 of a rerun of its 1000-step command
                   "unet_orbit_s150": CHECKPOINT_DIR / "unet_orbit_s150.safetensors",
-                  "unet_orbit_s400": CHECKPOINT_DIR / "unet_orbit_s400.safetensors"}
+                  "unet_orbit_s400": CHECKPOINT_DIR / "unet_orbit_s400.safetensors",
+                  # unet_orbit's recipe trained only on levels 0..250 (score.train.levels), EMA
+                  # weights at steps 1000 and 3000 of one run, in float16
+                  "unet_orbit_lv1000": CHECKPOINT_DIR / "unet_orbit_lv1000.safetensors",
+                  "unet_orbit_lv3000": CHECKPOINT_DIR / "unet_orbit_lv3000.safetensors"}
 FORMAT = "scoregeo-unet/1"
 EXPORT_NAME = "unet.safetensors"
 # how each packaged checkpoint was trained (the file to take from the training folder)
 TRAINED_BY = {"unet_orbit_s150": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
                                   "unet_step150.safetensors"),
               "unet_orbit_s400": ("scoregeo train experiment=unet_orbit 'score.train.snapshots=[150,400]'",
-                                  "unet_step400.safetensors")}
+                                  "unet_step400.safetensors"),
+              "unet_orbit_lv1000": ("scoregeo train experiment=unet_orbit_levels", "unet_step1000.safetensors"),
+              "unet_orbit_lv3000": ("scoregeo train experiment=unet_orbit_levels", EXPORT_NAME)}
 SAMPLE_SHAPE = (1, 28, 28)
 
 
