@@ -26,7 +26,10 @@ Gauss-Newton iteration of ``gauss_newton.GaussNewtonSolver.iterate``:
    batch is refined together. (Without the floor at ``nodes`` a curve resolved in length at
    9 nodes has a less accurate end tangent than the 16 frames suggest: on the sphere
    experiment its extrapolation was 1.5e-2 from the metric's geodesic against 3.5e-3.)
-3. The last level is solved to ``etol``.
+   A level may spend at most a third of the budget left when it starts, so that a level
+   that cannot settle does not starve the finer ones.
+3. The last level is solved to ``etol`` (skipped when the budget is spent: the pairs are then
+   neither converged nor resolved).
 
 When it stops, per pair: converged (on the last level: the relative gradient below
 ``gtol``, or the energy stable to ``etol`` as in ``gauss_newton``), resolved (the last
