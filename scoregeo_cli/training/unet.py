@@ -5,7 +5,8 @@ the quality of its samples.
 (linear betas 1e-4..0.02 over 1000 steps by default), AdamW with warm-up and cosine decay,
 an EMA of the weights (diffusers' EMAModel), a tqdm progress bar, and a resumable
 training state written every ``checkpoint_every`` steps (and on Ctrl-C): running the same
-command again continues where it stopped. At the end it exports the EMA weights, draws
+command again continues where it stopped (the loop of ``training/loop.py``, shared with
+``training/ldm.py``). At the end it exports the EMA weights, draws
 samples with DDIM from pure noise and scores them with FID/KID against real rotated digits.
 The checkpoint it writes is read by ``scoregeo_cli.scores.unet``.
 """
@@ -15,16 +16,16 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from scoregeo_cli.errors import ScoregeoError, check_finite
+from scoregeo_cli.errors import ScoregeoError
 from scoregeo_cli.schedule import alphas_cumprod_from, noise_to
 from scoregeo_cli.scores.unet import EXPORT_NAME, FORMAT, SAMPLE_SHAPE
+from scoregeo_cli.training.loop import train_phase
 
 STATE_FILE = "train_state.pt"
 
@@ -82,12 +83,6 @@ def save_checkpoint(path: str | Path, model, scheduler_config: dict, training: d
         "sample_shape": list(SAMPLE_SHAPE), "data_range": [-1.0, 1.0], "training": training or {},
         "weights_dtype": str(dtype or next(iter(state.values())).dtype).replace("torch.", "")})
     return path
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def sample_grid(images: torch.Tensor, path: Path, columns: int = 16) -> None:
@@ -200,10 +195,7 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     included); null trains every level of the schedule. The record holds the range; the
     held-out eps-MSE per t is measured at the same levels either way."""
     from diffusers import DDPMScheduler
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
     from hydra.utils import instantiate
-    from tqdm import tqdm
 
     for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every),
                         ("sample_steps", sample_steps)):
@@ -235,91 +227,47 @@ def train_unet(cfg: DictConfig, out_dir: str | Path, steps: int = 3000, batch_si
     torch.manual_seed(int(cfg.seed))
     net = build_unet(**architecture)
     scheduler = DDPMScheduler(**schedule)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=float(lr), weight_decay=float(weight_decay))
-    lr_schedule = get_cosine_schedule_with_warmup(optimizer, int(warmup), int(steps))
-    ema = EMAModel(net.parameters(), decay=float(ema_decay), use_ema_warmup=True)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     signature = {"architecture": architecture, "schedule": schedule, "batch_size": int(batch_size),
                  "source": dataset.source, "train_split": dataset.train_split,
                  "train_angles": list(dataset.train_angles)}
     if not every_level:  # (a state written before levels existed trained every level)
         signature["levels"] = list(levels)
-    state_path = out_dir / STATE_FILE
-    step, losses, seconds = 0, [], 0.0
-    if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["signature"] != signature:
-            raise ScoregeoError(f"{state_path} holds the training state of a different model or data; "
-                                "delete it or choose another output_root to start afresh")
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_schedule.load_state_dict(state["lr_schedule"])
-        ema.load_state_dict(state["ema"])
-        gen.set_state(state["generator"])
-        step, losses, seconds = int(state["step"]), list(state["losses"]), float(state["seconds"])
-        print(f"resuming from step {step} of {steps} ({state_path})")
-
-    def save_state() -> None:
-        atomic_torch_save({"signature": signature, "step": step, "model": net.state_dict(),
-                            "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
-                            "ema": ema.state_dict(), "generator": gen.get_state(), "losses": losses,
-                            "seconds": seconds}, state_path)
 
     n_params = sum(p.numel() for p in net.parameters())
     print(f"UNet2DModel {architecture['block_out_channels']}, {n_params} parameters; "
           f"{len(dataset.images(dataset.train_split))} training digits ({dataset.source}, {dataset.train_split}) "
           f"rotated in {list(dataset.train_angles)} deg"
           + ("" if every_level else f"; levels {levels[0]}..{levels[1]}"))
-    net.train()
-    bar = tqdm(total=int(steps), initial=step, desc="train unet", unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
-    try:
-        while step < steps:
-            x0 = dataset.training_batch(int(batch_size), gen) * 2 - 1
-            noise = torch.randn(x0.shape, generator=gen)
-            ts = draw_levels(x0.shape[0], levels, gen)
-            loss = F.mse_loss(net(scheduler.add_noise(x0, noise, ts), ts).sample, noise)
-            check_finite(loss.detach(), "the training loss", f"step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), float(grad_clip))
-            optimizer.step()
-            lr_schedule.step()
-            ema.step(net.parameters())
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if step in snapshots and not (out_dir / f"unet_step{step}.safetensors").exists():
-                save_snapshot(out_dir / f"unet_step{step}.safetensors", net, ema, scheduler, dataset, step,
-                              {"batch_size": int(batch_size), "lr": float(lr), "of_steps": int(steps),
-                               "ema_decay": float(ema_decay), **levels_record(levels, every_level),
-                               "train_seconds": round(seconds + time.perf_counter() - t0, 3),
-                               "threads": torch.get_num_threads(),
-                               "device": f"cpu ({torch.get_num_threads()} threads)"})
-            if step % int(checkpoint_every) == 0 or step == steps:
-                seconds += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                save_state()
-    except KeyboardInterrupt:
-        seconds += time.perf_counter() - t0
-        save_state()
-        bar.close()
-        raise ScoregeoError(f"training interrupted at step {step} of {steps}; the state is saved in "
-                            f"{state_path} and the same command resumes it") from None
-    bar.close()
 
-    exported = copy.deepcopy(net)
-    ema.copy_to(exported.parameters())
-    exported.eval().requires_grad_(False)
-    tail = losses[-100:]
+    def batch_loss() -> torch.Tensor:
+        x0 = dataset.training_batch(int(batch_size), gen) * 2 - 1
+        noise = torch.randn(x0.shape, generator=gen)
+        ts = draw_levels(x0.shape[0], levels, gen)
+        return F.mse_loss(net(scheduler.add_noise(x0, noise, ts), ts).sample, noise)
+
+    def snapshot(step: int, seconds: float, ema) -> None:
+        path = out_dir / f"unet_step{step}.safetensors"
+        if step in snapshots and not path.exists():
+            save_snapshot(path, net, ema, scheduler, dataset, step,
+                          {"batch_size": int(batch_size), "lr": float(lr), "of_steps": int(steps),
+                           "ema_decay": float(ema_decay), **levels_record(levels, every_level),
+                           "train_seconds": round(seconds, 3), "threads": torch.get_num_threads(),
+                           "device": f"cpu ({torch.get_num_threads()} threads)"})
+
+    settings = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "warmup": int(warmup),
+                "weight_decay": float(weight_decay), "grad_clip": grad_clip, "ema_decay": float(ema_decay)}
+    phase = train_phase("unet", net, batch_loss, settings, out_dir / STATE_FILE, signature, gen,
+                        int(checkpoint_every), on_step=snapshot)
+    step, seconds = phase["steps"], phase["train_seconds"]
+
+    exported = net  # train_phase leaves the EMA weights in it, in eval mode
     stored = exported if export_dtype == "float32" else copy.deepcopy(exported).half().float()
     record = {"command": training_command(out_dir), **data_record(dataset), "steps": int(step),
               "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
               **levels_record(levels, every_level),
-              "parameters": int(n_params), "train_seconds": round(seconds, 1), "threads": torch.get_num_threads(),
-              "final_loss": sum(tail) / len(tail), "final_loss_note": "mean eps-MSE of the last 100 training steps",
+              "parameters": int(n_params), "train_seconds": seconds, "threads": torch.get_num_threads(),
+              "final_loss": phase["final_loss"], "final_loss_note": "mean eps-MSE of the last 100 training steps",
               "ema_test_loss": eps_test_loss(exported, dataset, scheduler, int(test_loss_samples), levels=levels),
               "ema_test_loss_note": f"eps-MSE of the EMA weights on {int(test_loss_samples)} digits of the "
                                     f"{dataset.heldout_split} split at uniform training angles and levels"
