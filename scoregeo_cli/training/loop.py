@@ -28,7 +28,7 @@ def train_phase(name: str, net: torch.nn.Module, batch_loss, settings: dict, sta
                 gen: torch.Generator, checkpoint_every: int, on_step=None) -> dict:
     """Optimise ``batch_loss()`` (a scalar from one fresh batch) over ``net``'s parameters:
     AdamW, linear warm-up and cosine decay to 0 over ``settings['steps']``, gradient clipping,
-    optionally an EMA of the weights (``ema_decay``; copied into ``net`` at the end). Resumes
+    an EMA of the weights unless ``ema_decay`` is None (copied into ``net`` at the end). Resumes
     from ``state_path`` (which must hold the same ``signature``); leaves ``net`` in eval mode
     without parameter gradients. ``on_step(step, seconds, ema)``, if given, is called after
     every step with the training seconds so far and the EMA (None without one), e.g. to write
@@ -42,7 +42,8 @@ def train_phase(name: str, net: torch.nn.Module, batch_loss, settings: dict, sta
                                   weight_decay=float(settings["weight_decay"]))
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, int(settings["warmup"]), steps)
     ema_decay = settings.get("ema_decay")
-    ema = EMAModel(net.parameters(), decay=float(ema_decay), use_ema_warmup=True) if ema_decay else None
+    ema = EMAModel(net.parameters(), decay=float(ema_decay), use_ema_warmup=True) \
+        if ema_decay is not None else None
     step, losses, seconds = 0, [], 0.0
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
