@@ -163,14 +163,14 @@ def test_score_on_latents_points_to_the_clean_latents(ldm, digits):
 
 def test_latent_geodesic_run_on_two_pairs_gives_digits(tmp_path, monkeypatch):
     """``scoregeo run experiment=latent_rotations`` on 2 pairs with both ends reached by DDIM
-    inversion (9 nodes, 10 DDIM steps each way, a 60-evaluation geodesic): the ends come back
+    inversion (9 nodes, 10 DDIM steps each way, a 30-evaluation geodesic): the ends come back
     (round trip >= 24 dB), and the geodesic's and LERP's frames are the rotating digit, well above
     an all-black frame and uniform noise and closer to their own pair's truth than to the other
     pair's. (With shared noise at t = 400, the paper's protocol, the frames are digits too, but
     not the pair's own: README, "Rotations through the latent diffusion pipeline".)"""
     run = tmp_path / "run"
     code, _, _ = invoke_cli(["run", "experiment=latent_rotations", "n_pairs=2", "solver.nodes=9",
-                             "solver.max_evals=60", "space.ddim_steps=10", "space.inversion=true",
+                             "solver.max_evals=30", "space.ddim_steps=10", "space.inversion=true",
                              "space.inversion_steps=10", "eval.fid=false", "task.save_frames=true",
                              f"output_root={tmp_path}", f"hydra.run.dir={run}"], monkeypatch)
     assert code == 0 and (run / "DONE").exists()

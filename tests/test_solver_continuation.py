@@ -94,6 +94,32 @@ def test_refinement_stops_when_the_length_is_resolved_and_says_when_it_is_not():
     assert bool((capped.length_change >= 1e-9).all())
 
 
+def test_a_level_cut_short_by_its_budget_does_not_count_as_resolved():
+    """The g-length of two levels can agree because the finer level never moved the resampled
+    curve (its solve stopped at its share of the budget): on a blurred ring (sigma 0.05,
+    lam 1000) 20 evaluations end converged at 17 nodes with a length change of 0.15%, but the
+    levels' solves were cut short, so the pairs are not resolved; 400 evaluations resolve them."""
+    sigma = 0.05
+
+    class Ring(ScoreField):
+        def __init__(self):
+            super().__init__(2)
+
+        def _score(self, x):
+            r = x.norm(dim=-1, keepdim=True)
+            return -(r - 1) / sigma**2 * x / r
+
+    angles_a, angles_b = torch.tensor([0.0, 0.5], dtype=torch.float64), torch.tensor([2.5, 3.0], dtype=torch.float64)
+    a = torch.stack([angles_a.cos(), angles_a.sin()], 1)
+    b = torch.stack([angles_b.cos(), angles_b.sin()], 1)
+    metric = SteinMetric(Ring(), 1000.0, interpolation="cubic", quadrature="gauss4")
+    short = AdaptiveSolver(16, max_evals=20)(metric, a, b)
+    assert short.solve_nodes == 17 and bool(short.converged.all())
+    assert bool((short.length_change < 0.01).all()) and not bool(short.resolved.any())
+    full = AdaptiveSolver(16, max_evals=400)(metric, a, b)
+    assert bool(full.resolved.all()) and bool(full.converged.all())
+
+
 def test_resample_keeps_a_cubic_and_the_ends():
     t = torch.linspace(0, 1, 5, dtype=torch.float64)
     curve = torch.stack([t, t**3 - t, 2 * t**2], dim=-1)[None]  # (1, 5, 3): a cubic in t

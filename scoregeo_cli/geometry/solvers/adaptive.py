@@ -33,8 +33,8 @@ Gauss-Newton iteration of ``gauss_newton.GaussNewtonSolver.iterate``:
 
 When it stops, per pair: converged (on the last level: the relative gradient below
 ``gtol``, or the energy stable to ``etol`` as in ``gauss_newton``), resolved (the last
-g-length change below ``refine_tol``; False also when ``max_nodes`` stopped the refinement
-first), the nodes of the last level (``solve_nodes``) and that change (``length_change``).
+g-length change below ``refine_tol`` between two levels whose solves both converged to
+``level_etol``; False also when ``max_nodes`` or the budget stopped the refinement first), the nodes of the last level (``solve_nodes``) and that change (``length_change``).
 Every phase counts against ``max_evals``; a solve whose budget ends first is not converged.
 The path returned is the last level's curve at ``nodes`` evenly spaced parameters (the
 frames the evaluation asks for); its energy is the last level's. ``refine_tol: None`` fixes
@@ -201,12 +201,13 @@ class AdaptiveSolver:
         p = a.shape[0]
         change = torch.full((p,), float("inf"), dtype=a.dtype, device=a.device)
         resolved, state = None, None
+        settled = torch.zeros(p, dtype=torch.bool, device=a.device)
         if self.refine_tol is None:
             if path.shape[1] != self.nodes:
                 path = resample(path, self.nodes, interpolation)
         else:
             length, own = None, self.own_points(metric)
-            points = own
+            points, solved_before = own, None
             for n in self._levels(path.shape[1]):
                 if n != path.shape[1]:
                     points = None if own is None else max(own, points // 2)  # twice the segments: half the points each
@@ -230,12 +231,17 @@ class AdaptiveSolver:
                     points = min(2 * points, self.max_points)
                 if exhausted():
                     break
+                # the refinement stops when the g-length agrees between two levels; a pair counts
+                # as resolved only where both levels' solves converged (a level cut short by its
+                # budget leaves the resampled curve where it was, and its length "agrees")
+                solved = state.converged.clone()
                 if length is not None:
                     change = (new_length - length).abs() / new_length.abs().clamp_min(1e-300)
+                    settled = (change < self.refine_tol) & solved & solved_before
                     if bool((change < self.refine_tol).all()) and n >= min(self.nodes, self.max_nodes):
                         break
-                length = new_length
-            resolved = change < self.refine_tol
+                length, solved_before = new_length, solved
+            resolved = settled
         # the last level to etol (a fixed resolution: on the metric's own rule); a budget spent
         # before it leaves the pairs unconverged
         level = metric if self.refine_tol is None else self.level_metric(metric, points)
