@@ -91,7 +91,8 @@ class AdaptiveSolver:
     HESSIANS = ("exact", "gauss_newton")
 
     # of the algorithm, with that of the Gauss-Newton iteration it runs: the solve cache keys on it
-    revision = f"1/{GaussNewtonSolver.revision}/{NewtonIteration.revision}"
+    # (2: budget shares per level, the quadrature check, resolved only between solved levels)
+    revision = f"2/{GaussNewtonSolver.revision}/{NewtonIteration.revision}"
 
     def __init__(self, nodes: int = 16, max_evals: int = 400, etol: float = 1e-4, level_etol: float = 1e-3,
                  gtol: float = 1e-8, refine_tol: float | None = 0.01, start_nodes: int = 5, max_nodes: int = 65,
