@@ -139,22 +139,21 @@ class AdaptiveSolver:
             return self._solve(metric, a, b, init, progress)
 
     @staticmethod
-    def level_metric(metric: Metric, points: int | None) -> Metric:
-        """The metric with a Gauss rule of ``points`` per segment (None or the metric's own:
-        the metric itself; a rule that is not Gauss's is kept)."""
-        rule = getattr(metric, "quadrature", "")
-        if points is None or not (isinstance(rule, str) and rule.startswith("gauss") and rule[5:].isdigit()) \
-                or int(rule[5:]) == points:
-            return metric
-        level = copy.copy(metric)
-        level.quadrature = f"gauss{points}"
-        return level
-
-    @staticmethod
     def own_points(metric: Metric) -> int | None:
         """Points per segment of the metric's Gauss rule (None: not a Gauss rule)."""
         rule = getattr(metric, "quadrature", "")
         return int(rule[5:]) if isinstance(rule, str) and rule.startswith("gauss") and rule[5:].isdigit() else None
+
+    @classmethod
+    def level_metric(cls, metric: Metric, points: int | None) -> Metric:
+        """The metric with a Gauss rule of ``points`` per segment (None or the metric's own:
+        the metric itself; a rule that is not Gauss's is kept)."""
+        own = cls.own_points(metric)
+        if points is None or own is None or own == points:
+            return metric
+        level = copy.copy(metric)
+        level.quadrature = f"gauss{points}"
+        return level
 
     def _levels(self, first: int):
         """Node counts of the refinement from ``first``: doubled segments up to max_nodes."""
@@ -185,10 +184,9 @@ class AdaptiveSolver:
         first = self.start_nodes if self.refine_tol is not None or init is None else self.nodes
         if init is None:
             path = straight_path(a, b, min(first, self.nodes) if self.refine_tol is None else first)
-            coarse = metric
             stage_budget = self.max_evals // 4 // max(1, len(self.continuation))
             for factor in self.continuation if stage_budget >= 2 else ():  # a tiny budget skips it
-                mild = copy.copy(coarse)
+                mild = copy.copy(metric)
                 mild.lam = metric.lam * factor
                 limit = spent() + stage_budget
                 path = run(mild, path, self.level_etol, lambda: exhausted() or spent() >= limit).path
