@@ -120,6 +120,44 @@ def test_a_level_cut_short_by_its_budget_does_not_count_as_resolved():
     assert bool(full.resolved.all()) and bool(full.converged.all())
 
 
+def test_each_pair_is_refined_on_its_own():
+    """On the blurred ring with refine_tol 1e-5 a short arc is resolved at 9 nodes, a half
+    circle needs 65: solved in one batch each pair ends where it ends alone (same nodes, same
+    energy) and the batch costs the sum of the single solves' passes, not every pair at the
+    finest pair's nodes. The batch's solved curves are each pair's own curve."""
+    sigma = 0.05
+
+    class Ring(ScoreField):
+        def __init__(self):
+            super().__init__(2)
+
+        def _score(self, x):
+            r = x.norm(dim=-1, keepdim=True)
+            return -(r - 1) / sigma**2 * x / r
+
+    angles_a, angles_b = torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64), torch.tensor([0.2, 3.0, 2.5],
+                                                                                          dtype=torch.float64)
+    a = torch.stack([angles_a.cos(), angles_a.sin()], 1)
+    b = torch.stack([angles_b.cos(), angles_b.sin()], 1)
+    metric = SteinMetric(Ring(), 1000.0, interpolation="cubic", quadrature="gauss4")
+    solver = AdaptiveSolver(5, max_evals=400, refine_tol=1e-5)
+    alone = []
+    for p in range(3):
+        metric.score.reset_counters()
+        alone.append(solver(metric, a[p:p + 1], b[p:p + 1]))
+    metric.score.reset_counters()
+    batch = solver(metric, a, b)
+    nodes = [int(r.solve_nodes) for r in alone]
+    assert nodes[0] == 9 and nodes[1] == 65 and batch.nodes_per_pair.tolist() == nodes
+    assert batch.solve_nodes == 65 and batch.solved_path.shape == (3, 65, 2)
+    assert bool(batch.converged.all())
+    for p, r in enumerate(alone):
+        assert float(batch.energy[p]) == pytest.approx(float(r.energy[0]), rel=1e-8)
+        assert torch.allclose(batch.solved_path[p], resample(r.solved_path, 65)[0], atol=1e-8)
+        assert torch.allclose(batch.path[p], r.path[0], atol=1e-8)
+    assert batch.score_points == sum(r.score_points for r in alone)
+
+
 def test_resample_keeps_a_cubic_and_the_ends():
     t = torch.linspace(0, 1, 5, dtype=torch.float64)
     curve = torch.stack([t, t**3 - t, 2 * t**2], dim=-1)[None]  # (1, 5, 3): a cubic in t

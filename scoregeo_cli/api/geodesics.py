@@ -219,7 +219,8 @@ class Geodesic:
             energy gradient below ``gtol`` times its value on the straight line).
         grad_rel: (P,) that gradient norm over its value on the straight line.
         solve_nodes: nodes of the discretisation the energy was minimised on (the default
-            solver chooses it; ``path`` is that curve at ``nodes`` evenly spaced parameters).
+            solver chooses it per pair; ``path`` is that curve at ``nodes`` evenly spaced
+            parameters): the most of any pair. nodes_per_pair: (P,) each pair's own.
         length_change: (P,) relative change of the continuous g-length at the last
             refinement, or None (fixed resolution). resolved: (P,) bool, that change was
             below the solver's ``refine_tol`` (None: fixed resolution).
@@ -240,6 +241,8 @@ class Geodesic:
     """
 
     def __init__(self, result, metric: Metric, shape: tuple[int, ...]):
+        import torch
+
         p, n = result.path.shape[:2]
         self._result, self.metric, self.shape = result, metric, tuple(shape)
         self._frames = result.path.detach()
@@ -256,6 +259,8 @@ class Geodesic:
         self.iterations = int(result.iterations)
         self.seconds = float(result.seconds)
         self.solve_nodes = int(getattr(result, "solve_nodes", 0) or n)
+        per_pair = getattr(result, "nodes_per_pair", None)
+        self.nodes_per_pair = torch.full((p,), self.solve_nodes) if per_pair is None else per_pair.cpu()
         self.length_change = getattr(result, "length_change", None)
         self.resolved = getattr(result, "resolved", None)
 

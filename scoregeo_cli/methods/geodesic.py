@@ -76,7 +76,9 @@ class Geodesic(Method):
         forward, backward = geo.network_passes / n_pairs, geo.backward_passes / n_pairs
         hessian = geo.hessian_passes / n_pairs  # double backward passes (solver.hessian=exact)
         passes = forward + backward + hessian
-        resolution = f"{geo.solve_nodes} nodes"
+        nodes = geo.nodes_per_pair.double().cpu()
+        resolution = (f"{int(nodes.min())}" + ("" if nodes.min() == nodes.max() else f"-{int(nodes.max())}")
+                      + " nodes")
         if geo.resolved is not None:
             resolution += (f", {int(geo.resolved.sum())}/{n_pairs} resolved (last g-length change "
                            f"{float(geo.length_change.max()):.2%} at most)")
@@ -88,8 +90,9 @@ class Geodesic(Method):
         out = MethodPath(path, None, score_evals=geo.score_evals, seconds=geo.seconds / n_pairs, energy=energy)
         # per path: how the solve ended, the resolution it chose and what it cost
         out.extra = {"converged": geo.converged.double().cpu(), "grad_rel": geo.grad_rel.double().cpu(),
+                     "solve_nodes": nodes,
                      **{key: torch.full((n_pairs,), value, dtype=torch.float64) for key, value in (
-                         ("solve_nodes", float(geo.solve_nodes)), ("forward_passes_per_pair", forward),
+                         ("forward_passes_per_pair", forward),
                          ("backward_passes_per_pair", backward), ("hessian_passes_per_pair", hessian),
                          ("network_passes_per_pair", passes))}}
         if geo.resolved is not None:
@@ -162,12 +165,13 @@ class CachedSolve:
             setattr(self, name, value if name == "seconds" else int(value))
         self.resolved = entry["resolved"].bool() if "resolved" in entry else None
         self.length_change = entry.get("length_change")
+        self.nodes_per_pair = entry.get("nodes_per_pair", torch.full((len(self.energy),), self.solve_nodes))
 
     @classmethod
     def entry(cls, geo) -> dict[str, torch.Tensor]:
         stats = torch.tensor([float(getattr(geo, name)) for name in cls.STATS], dtype=torch.float64)
         entry = {"path": geo.path, "energy": geo.energy, "grad_rel": geo.grad_rel,
-                 "converged": geo.converged.to(torch.uint8), "stats": stats}
+                 "converged": geo.converged.to(torch.uint8), "stats": stats, "nodes_per_pair": geo.nodes_per_pair}
         if geo.resolved is not None:
             entry["resolved"] = geo.resolved.to(torch.uint8)
             entry["length_change"] = geo.length_change

@@ -13,7 +13,8 @@ sphere the distance to the metric's own geodesic (``geometry.truth``), and the r
 ``adam_reference`` measured in the same run. ``network_passes_per_pair``: the same cost in
 single-point network passes per pair (forward points + backward points x the measured VJP
 cost, over the pairs); ``seconds_per_pair``; with ``--reference``, ``g_length_error`` and
-``ref_node_error`` against a fine reference (``reference_solve``); ``forward_passes_per_pair``
+``ref_node_error`` against a fine reference (``reference_solve``); ``nodes``: the nodes solved
+on (``nodes_per_pair``, each pair's, where the solver chooses them); ``forward_passes_per_pair``
 and ``backward_passes_per_pair``: the two counts apart (a run's ``network_passes_per_pair``
 is their sum). Printed as a table and
 written as JSON. Without ``--solvers`` the UNet gets the fixed point and the default only.
@@ -237,6 +238,8 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=None,
                 "grad_rel": float((result.grad_norm / result.grad_norm0).max()),
                 "g_length": float(metric.length(curve).mean()), **error(curve),
                 **against_reference(curve), "solve_nodes": curve.shape[1],
+                "nodes_per_pair": (None if getattr(result, "nodes_per_pair", None) is None
+                                   else result.nodes_per_pair.tolist()),
                 "converged": int(result.converged.sum()), "pairs": a.shape[0],
             })
             print(f"{problem}: {name} done in {wall:.1f} s", flush=True)
@@ -250,11 +253,20 @@ def run_bench(pairs: int = 4, seed: int = 0, nodes: int = 16, solvers=None,
     return records
 
 
+def _nodes(record: dict) -> str:
+    """The nodes solved on: each pair's range where they differ."""
+    per_pair = record.get("nodes_per_pair") or ([record["solve_nodes"]] if "solve_nodes" in record else None)
+    if not per_pair:
+        return "-"
+    low, high = min(per_pair), max(per_pair)
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def format_records(records: list[dict]) -> str:
     nan = float("nan")
     head = (f"{'solver':<19} {'evals':>6} {'vjps':>5} {'passes/pair':>11} {'fwd_eq':>8} {'x ref':>7} "
             f"{'s/pair':>7} {'bwd+ovh':>8} {'energy':>10} {'grad_rel':>9} {'conv':>5} {'g_length':>9} "
-            f"{'g_len_err':>9} {'ref_node':>8} {'error_max':>10} {'metric_err':>10}")
+            f"{'g_len_err':>9} {'ref_node':>8} {'error_max':>10} {'metric_err':>10} {'nodes':>6}")
     lines = []
     for problem in dict.fromkeys(r["problem"] for r in records):
         first = next(r for r in records if r["problem"] == problem)
@@ -268,7 +280,7 @@ def format_records(records: list[dict]) -> str:
                          f"{r['energy']:>10.5g} {r['grad_rel']:>9.1e} {r['converged']:>2d}/{r['pairs']:<2d} "
                          f"{r['g_length']:>9.5g} {r.get('g_length_error', nan):>9.1e} "
                          f"{r.get('ref_node_error', nan):>8.1e} {r['error_max']:>10.3g} "
-                         f"{r.get('metric_error_max', nan):>10.3g}")
+                         f"{r.get('metric_error_max', nan):>10.3g} {_nodes(r):>6}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ def start_independence(metric, solver, a, b, true_rotation) -> dict:
                           "grad_rel": (result.grad_norm / result.grad_norm0).tolist(),
                           "resolved": None if result.resolved is None else result.resolved.tolist(),
                           "solve_nodes": int(result.solve_nodes or result.path.shape[1]),
+                          "nodes_per_pair": None if result.nodes_per_pair is None else result.nodes_per_pair.tolist(),
                           "score_evals": result.score_evals, "network_passes_per_pair": passes,
                           "seconds_per_pair": seconds / len(a)}
     lerp, true = np.array(records["lerp"]["energy"]), np.array(records["true"]["energy"])
@@ -105,7 +106,7 @@ def format_oracle(records: list[dict]) -> str:
         indep = sum(sum(r["start_independent"]) for r in rows)
         ratio = np.concatenate([r["lerp_over_true"] for r in rows])
         resolved = [x for r in rows for x in (r["lerp"]["resolved"] or [])]
-        nodes = "/".join(str(r["lerp"]["solve_nodes"]) for r in rows)
+        nodes = max(r["lerp"]["solve_nodes"] for r in rows)  # the finest pair's
         evals = np.mean([r["lerp"]["score_evals"] for r in rows])
         passes = np.mean([r["lerp"]["network_passes_per_pair"] for r in rows])
         seconds = np.mean([r["lerp"]["seconds_per_pair"] for r in rows])

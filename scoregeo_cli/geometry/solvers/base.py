@@ -34,7 +34,8 @@ class GeodesicResult:
     score_points, vjp_points: points those passes covered (for forward-equivalent costs);
     hvp_points: points of Hessian-vector products (double backward passes; Newton-CG).
     solve_nodes: nodes of the discretisation the energy was minimised on (the returned path
-    may be that curve resampled at other nodes); length_change: (P,) relative change of the
+    may be that curve resampled at other nodes; the most of any pair); nodes_per_pair: (P,)
+    each pair's own (adaptive resolution; None: all ``solve_nodes``); length_change: (P,) relative change of the
     continuous g-length at the last refinement (adaptive resolution; None otherwise);
     resolved: (P,) that change was below the solver's tolerance (None: fixed resolution).
     solved_path: (P, solve_nodes, D) the nodes the energy was minimised on (None: ``path``).
@@ -54,6 +55,7 @@ class GeodesicResult:
     vjp_points: int = 0
     hvp_points: int = 0
     solve_nodes: int = 0
+    nodes_per_pair: torch.Tensor | None = None
     length_change: torch.Tensor | None = None
     resolved: torch.Tensor | None = None
     solved_path: torch.Tensor | None = None
