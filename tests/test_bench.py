@@ -32,6 +32,42 @@ def test_optimisers_run_on_the_unet_only_when_asked():
     assert set(bench.SLOW_ON_UNET) == {"adam", "adam_reference"}
 
 
+def test_the_oracle_compares_curves_not_their_resolutions():
+    """A curve solved at 9 nodes and the same curve at 17 (a refinement of the not-a-knot
+    spline, exactly the same curve) have different quadrature energies but one common length;
+    a curve that is truly longer is measured longer. The true-rotation start sits on the
+    refinement's ladder."""
+    import torch
+
+    from scoregeo_cli.geometry.solvers import AdaptiveSolver, GaussNewtonSolver, resample
+    from scoregeo_cli.geometry.stein import SteinMetric
+    from scoregeo_cli.scores.base import ScoreField
+    from scoregeo_cli.studies.oracle_bench import common_length, start_nodes
+
+    class Ring(ScoreField):
+        def __init__(self):
+            super().__init__(2)
+
+        def _score(self, x):
+            r = x.norm(dim=-1, keepdim=True)
+            return -(r - 1) / 0.1**2 * x / r
+
+    metric = SteinMetric(Ring(), 100.0, interpolation="cubic", quadrature="gauss4")
+    angles = torch.linspace(0, 2.5, 9, dtype=torch.float64)
+    coarse = (1 + 0.05 * torch.sin(7 * angles))[:, None] * torch.stack([angles.cos(), angles.sin()], 1)
+    coarse = coarse[None]
+    fine = resample(coarse, 17)
+    quadrature = metric.energy(coarse), metric.energy(fine)
+    assert float((quadrature[0] - quadrature[1]).abs() / quadrature[1]) > 1e-3
+    lengths = common_length(metric, coarse), common_length(metric, fine)
+    assert torch.allclose(lengths[0], lengths[1], rtol=1e-10)
+    detour = coarse.clone()
+    detour[:, 4] *= 1.3
+    assert float(common_length(metric, detour)) > 1.05 * float(lengths[0])
+    assert start_nodes(AdaptiveSolver(16)) == 17 and start_nodes(AdaptiveSolver(8)) == 9
+    assert start_nodes(AdaptiveSolver(16, refine_tol=None)) == 16 and start_nodes(GaussNewtonSolver(12)) == 12
+
+
 def test_the_oracle_problem_is_the_runs_pairs_noise_and_true_rotation(compose_cfg):
     """`scoregeo bench --problems oracle` solves what `scoregeo run experiment=learned_vs_exact
     score=orbit` solves: the same endpoints (pairs, then noise, from the run's generator), and

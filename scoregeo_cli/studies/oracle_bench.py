@@ -7,10 +7,15 @@ rotated between two angles), the same shared noise, the same exact score of the 
 orbits (``score.angle_step``) and the same metric and solver settings, composed from the
 configs. For each pair the solver runs twice with the same settings: from the straight line
 (LERP, what a run does) and from the noised true rotation (the pair's digit at evenly spaced
-angles from theta_a to theta_b, noised with the pair's noise, at the solver's frame nodes).
+angles from theta_a to theta_b, noised with the pair's noise, at the first node count of the
+refinement's ladder that holds the frames: 17 for 16 frames).
 Per t it reports the pairs that converged from LERP (and from the true rotation), the pairs
 whose LERP solve ended within 1% of the true-start solve's energy or lower ("start
 independent"), the resolution chosen, evaluations, network passes and seconds per pair.
+The two solves may end at different resolutions, and their quadrature energies then differ by
+the discretisation as well as by the curve; so the energies compared are each curve's continuous
+energy at constant speed, L^2 / 2, with L its g-length measured alike for both (65 nodes, 32
+Gauss points per segment). The quadrature energies' ratio is recorded too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from scoregeo_cli.build import build_metric, build_score, instantiate
 from scoregeo_cli.schedule import noise_to
 
 START_TOLERANCE = 0.01  # the LERP solve may end at most 1% above the true-start solve
+COMMON_NODES, COMMON_POINTS = 65, 32  # the rule both solves' curves are measured with
 
 
 def oracle_problem(t: int, seed: int, pairs: int, compose, overrides=()):
@@ -53,27 +59,58 @@ def oracle_problem(t: int, seed: int, pairs: int, compose, overrides=()):
     return metric, solver, ends.a, ends.b, true_rotation
 
 
+def start_nodes(solver) -> int:
+    """Nodes of the true-rotation start: the frames' nodes, raised to the refinement's ladder
+    (5, 9, 17, 33, 65 by doubled segments) where the solver refines, so that both starts are
+    refined on the same ladder."""
+    n, frames = getattr(solver, "start_nodes", None), int(solver.nodes)
+    if n is None or getattr(solver, "refine_tol", None) is None:
+        return frames
+    while n < frames and n < solver.max_nodes:
+        n = min(2 * n - 1, solver.max_nodes)
+    return n
+
+
 def start_independence(metric, solver, a, b, true_rotation) -> dict:
     """Both solves of one problem and what they say (per-pair lists and counts)."""
     records = {}
     for start in ("lerp", "true"):
-        init = None if start == "lerp" else true_rotation(solver.nodes)
+        init = None if start == "lerp" else true_rotation(start_nodes(solver))
         metric.score.reset_counters()
         began = time.perf_counter()
         result = solver(metric, a, b, init)
         seconds = time.perf_counter() - began
         passes = (result.score_points + result.vjp_points + getattr(result, "hvp_points", 0)) / len(a)
+        length = common_length(metric, result.path if result.solved_path is None else result.solved_path)
         records[start] = {"energy": result.energy.tolist(), "converged": result.converged.tolist(),
+                          "length": length.tolist(), "continuous_energy": (length ** 2 / 2).tolist(),
                           "grad_rel": (result.grad_norm / result.grad_norm0).tolist(),
                           "resolved": None if result.resolved is None else result.resolved.tolist(),
                           "solve_nodes": int(result.solve_nodes or result.path.shape[1]),
                           "nodes_per_pair": None if result.nodes_per_pair is None else result.nodes_per_pair.tolist(),
                           "score_evals": result.score_evals, "network_passes_per_pair": passes,
                           "seconds_per_pair": seconds / len(a)}
-    lerp, true = np.array(records["lerp"]["energy"]), np.array(records["true"]["energy"])
+    lerp, true = np.array(records["lerp"]["continuous_energy"]), np.array(records["true"]["continuous_energy"])
     records["start_independent"] = (lerp <= true * (1 + START_TOLERANCE)).tolist()
     records["lerp_over_true"] = (lerp / true).tolist()
+    quadrature = np.array(records["lerp"]["energy"]) / np.array(records["true"]["energy"])
+    records["lerp_over_true_quadrature"] = quadrature.tolist()
     return records
+
+
+def common_length(metric, curves: torch.Tensor) -> torch.Tensor:
+    """The continuous g-length (P,) of solved curves measured alike whatever resolution each
+    solve chose: the curve at ``COMMON_NODES`` nodes (the same spline where its segments divide
+    64), ``COMMON_POINTS`` Gauss points per segment (not counted in the solves' evaluations)."""
+    from scoregeo_cli.geometry.solvers import resample
+
+    score = metric.score
+    saved = (score.calls, score.points, score.seconds)
+    try:
+        fine = resample(curves, COMMON_NODES, getattr(metric, "interpolation", "cubic"))
+        return metric.length(fine, points=COMMON_POINTS)
+    finally:
+        score.calls, score.points, score.seconds = saved
 
 
 def run_oracle(levels, seeds, pairs: int, compose, overrides=()) -> list[dict]:

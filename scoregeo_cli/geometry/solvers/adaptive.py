@@ -44,8 +44,9 @@ the nodes of its last level (``nodes_per_pair``) and that change (``length_chang
 Every phase counts against ``max_evals``; a solve whose budget ends first is not converged.
 The path returned is each pair's last level's curve at ``nodes`` evenly spaced parameters
 (the frames the evaluation asks for); its energy is that level's. ``solved_path`` holds every
-pair's curve at the finest pair's nodes (``solve_nodes``; the same curves, as a spline or
-polygon of 2^k segments is one of 2^j >= 2^k), ``nodes_per_pair`` each pair's own.
+pair's curve at the finest pair's nodes (``solve_nodes``; the same curves where, as on the
+ladder 5, 9, 17, 33, 65, the finer segment count is a multiple of the coarser: the not-a-knot
+spline and the polygon then embed exactly), ``nodes_per_pair`` each pair's own.
 ``refine_tol: None`` fixes the resolution instead: the path is solved at ``nodes`` nodes
 after the continuation.
 A start path (``init``) skips the continuation and is refined from its own nodes.
@@ -208,8 +209,8 @@ class AdaptiveSolver:
                 converged[idx] = final.converged | (grad_norm[idx] <= self.gtol * grad_norm0[idx])
         nodes_per_pair = torch.tensor([c.shape[0] for c in pairs.curves], device=a.device)
         solve_nodes = int(nodes_per_pair.max())
-        # every pair's curve at the finest pair's nodes: a curve of 2^k segments resampled at
-        # 2^j >= 2^k segments is the same curve (the not-a-knot spline and the polygon embed)
+        # every pair's curve at the finest pair's nodes (the same curve where the segment counts
+        # divide each other: the not-a-knot spline and the polygon embed exactly)
         solved = torch.stack([resample(c[None], solve_nodes, interpolation)[0] for c in pairs.curves])
         out = torch.stack([resample(c[None], self.nodes, interpolation)[0] for c in pairs.curves])
         out[:, 0], out[:, -1] = a, b

@@ -26,8 +26,9 @@ class GeodesicResult:
     """A solved batch of curves.
 
     path: (P, N+1, D) nodes, endpoints included. energy: (P,) final curve energy.
-    energy_trace: the energies (P,) of the current paths after each iteration. score_evals: batched score
-    evaluations used (forward passes). seconds: wall time. converged: (P,) bool, the true
+    energy_trace: the energies of the current paths after each iteration (of the pairs that
+    iteration solved: all P, or the group of one resolution of the default solver).
+    score_evals: batched score evaluations used (forward passes). seconds: wall time. converged: (P,) bool, the true
     gradient norm fell below gtol times its value at the start. grad_norm, grad_norm0: (P,)
     norm of the true energy gradient over the interior nodes at the end and at the start.
     vjp_evals: batched vector-Jacobian products through the score (backward passes);
