@@ -35,6 +35,19 @@ class TanhField(ScoreField):
         return torch.tanh(x @ self.a.T + self.c)
 
 
+class RingField(ScoreField):
+    """The score of the unit circle in R^2 blurred radially by ``sigma``:
+    s(x) = -(|x| - 1) / sigma^2 x / |x|. Stiff along the radius (lam |s|^2 >> 1 off the ring)."""
+
+    def __init__(self, sigma: float):
+        super().__init__(2)
+        self.sigma = sigma
+
+    def _score(self, x):
+        r = x.norm(dim=-1, keepdim=True)
+        return -(r - 1) / self.sigma**2 * x / r
+
+
 def invoke_cli(argv: list[str], monkeypatch, capsys=None) -> tuple[int, str, str]:
     """``scoregeo <argv>`` in this process: (exit code, stdout, stderr). Hydra's global state
     is cleared before and after; ``sys.argv`` is restored by ``monkeypatch``."""

@@ -6,6 +6,8 @@ import pytest
 
 from scoregeo_cli.studies import bench
 
+from helpers import RingField
+
 
 def test_bench_records_passes_convergence_and_the_reference_error(tmp_path, capsys):
     out = tmp_path / "bench.json"
@@ -41,18 +43,9 @@ def test_the_oracle_compares_curves_not_their_resolutions():
 
     from scoregeo_cli.geometry.solvers import AdaptiveSolver, GaussNewtonSolver, resample
     from scoregeo_cli.geometry.stein import SteinMetric
-    from scoregeo_cli.scores.base import ScoreField
     from scoregeo_cli.studies.oracle_bench import common_length, start_nodes
 
-    class Ring(ScoreField):
-        def __init__(self):
-            super().__init__(2)
-
-        def _score(self, x):
-            r = x.norm(dim=-1, keepdim=True)
-            return -(r - 1) / 0.1**2 * x / r
-
-    metric = SteinMetric(Ring(), 100.0, interpolation="cubic", quadrature="gauss4")
+    metric = SteinMetric(RingField(0.1), 100.0, interpolation="cubic", quadrature="gauss4")
     angles = torch.linspace(0, 2.5, 9, dtype=torch.float64)
     coarse = (1 + 0.05 * torch.sin(7 * angles))[:, None] * torch.stack([angles.cos(), angles.sin()], 1)
     coarse = coarse[None]

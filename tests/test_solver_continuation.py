@@ -10,6 +10,8 @@ from scoregeo_cli.geometry.solvers import (AdaptiveSolver, GaussNewtonSolver, gr
                                            resample, straight_path)
 from scoregeo_cli.scores.base import ScoreField
 
+from helpers import RingField
+
 
 class ConstantField(ScoreField):
     """s(x) = c everywhere: the metric is constant, its energy quadratic in the nodes, and
@@ -99,20 +101,10 @@ def test_a_level_cut_short_by_its_budget_does_not_count_as_resolved():
     curve (its solve stopped at its share of the budget): on a blurred ring (sigma 0.05,
     lam 1000) 20 evaluations end converged at 17 nodes with a length change of 0.15%, but the
     levels' solves were cut short, so the pairs are not resolved; 400 evaluations resolve them."""
-    sigma = 0.05
-
-    class Ring(ScoreField):
-        def __init__(self):
-            super().__init__(2)
-
-        def _score(self, x):
-            r = x.norm(dim=-1, keepdim=True)
-            return -(r - 1) / sigma**2 * x / r
-
     angles_a, angles_b = torch.tensor([0.0, 0.5], dtype=torch.float64), torch.tensor([2.5, 3.0], dtype=torch.float64)
     a = torch.stack([angles_a.cos(), angles_a.sin()], 1)
     b = torch.stack([angles_b.cos(), angles_b.sin()], 1)
-    metric = SteinMetric(Ring(), 1000.0, interpolation="cubic", quadrature="gauss4")
+    metric = SteinMetric(RingField(0.05), 1000.0, interpolation="cubic", quadrature="gauss4")
     short = AdaptiveSolver(16, max_evals=20)(metric, a, b)
     assert short.solve_nodes == 17 and bool(short.converged.all())
     assert bool((short.length_change < 0.01).all()) and not bool(short.resolved.any())
@@ -125,21 +117,11 @@ def test_each_pair_is_refined_on_its_own():
     circle needs 65: solved in one batch each pair ends where it ends alone (same nodes, same
     energy) and the batch costs the sum of the single solves' passes, not every pair at the
     finest pair's nodes. The batch's solved curves are each pair's own curve."""
-    sigma = 0.05
-
-    class Ring(ScoreField):
-        def __init__(self):
-            super().__init__(2)
-
-        def _score(self, x):
-            r = x.norm(dim=-1, keepdim=True)
-            return -(r - 1) / sigma**2 * x / r
-
     angles_a, angles_b = torch.tensor([0.0, 0.0, 0.5], dtype=torch.float64), torch.tensor([0.2, 3.0, 2.5],
                                                                                           dtype=torch.float64)
     a = torch.stack([angles_a.cos(), angles_a.sin()], 1)
     b = torch.stack([angles_b.cos(), angles_b.sin()], 1)
-    metric = SteinMetric(Ring(), 1000.0, interpolation="cubic", quadrature="gauss4")
+    metric = SteinMetric(RingField(0.05), 1000.0, interpolation="cubic", quadrature="gauss4")
     solver = AdaptiveSolver(5, max_evals=400, refine_tol=1e-5)
     alone = []
     for p in range(3):
