@@ -63,12 +63,10 @@ def start_nodes(solver) -> int:
     """Nodes of the true-rotation start: the frames' nodes, raised to the refinement's ladder
     (5, 9, 17, 33, 65 by doubled segments) where the solver refines, so that both starts are
     refined on the same ladder."""
-    n, frames = getattr(solver, "start_nodes", None), int(solver.nodes)
-    if n is None or getattr(solver, "refine_tol", None) is None:
+    frames = int(solver.nodes)
+    if getattr(solver, "refine_tol", None) is None or not hasattr(solver, "ladder_nodes"):
         return frames
-    while n < frames and n < solver.max_nodes:
-        n = min(2 * n - 1, solver.max_nodes)
-    return n
+    return solver.ladder_nodes(frames)
 
 
 def start_independence(metric, solver, a, b, true_rotation) -> dict:

@@ -175,6 +175,14 @@ class AdaptiveSolver:
                 return
             n = min(2 * n - 1, self.max_nodes)
 
+    def ladder_nodes(self, frames: int) -> int:
+        """The first node count of the refinement's ladder (``start_nodes`` with doubled
+        segments) that holds ``frames`` nodes; ``max_nodes`` where none does."""
+        for n in self._levels(self.start_nodes):
+            if n >= int(frames):
+                return n
+        return n
+
     def _solve(self, metric: Metric, a: torch.Tensor, b: torch.Tensor, init: torch.Tensor | None,
                progress: SolveProgress) -> GeodesicResult:
         start, points0 = time.perf_counter(), metric.score.points
