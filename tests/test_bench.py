@@ -59,6 +59,8 @@ def test_the_oracle_compares_curves_not_their_resolutions():
     assert float(common_length(metric, detour)) > 1.05 * float(lengths[0])
     assert start_nodes(AdaptiveSolver(16)) == 17 and start_nodes(AdaptiveSolver(8)) == 9
     assert start_nodes(AdaptiveSolver(16, refine_tol=None)) == 16 and start_nodes(GaussNewtonSolver(12)) == 12
+    # the solver's own ladder: capped at max_nodes, from its own start_nodes (4, 7, 13, 25)
+    assert start_nodes(AdaptiveSolver(16, max_nodes=12)) == 12 and start_nodes(AdaptiveSolver(16, start_nodes=4)) == 25
 
 
 def test_the_oracle_problem_is_the_runs_pairs_noise_and_true_rotation(compose_cfg):
