@@ -98,8 +98,10 @@ def test_on_the_exact_orbit_score_the_solve_from_lerp_ends_no_higher_than_from_t
     out = tmp_path / "oracle.json"
     assert bench.main(["--problems", "oracle", "--ts", "400", "--seeds", "0", "--oracle-pairs", "2",
                        "--out", str(out)]) == 0
-    record = json.loads(out.read_text())["oracle"][0]
+    written = json.loads(out.read_text())
+    record = written["oracle"][0]
     assert record["t"] == 400 and record["pairs"] == 2
+    assert "--oracle-pairs 2" in written["provenance"]["command"]  # the settings it was made with
     assert all(record["start_independent"]), record["lerp_over_true"]
     for start in ("lerp", "true"):
         assert len(record[start]["energy"]) == 2 and record[start]["score_evals"] <= 400

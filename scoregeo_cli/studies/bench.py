@@ -23,6 +23,7 @@ written as JSON. Without ``--solvers`` the UNet gets the fixed point and the def
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from scoregeo_cli.data.synthetic import Sphere, polyline_distance
 from scoregeo_cli.evaluation.geometry import TruthReference, truth_rows
 from scoregeo_cli.geometry.truth import manifold_metric_geodesic
 from scoregeo_cli.io.files import atomic_write_json
+from scoregeo_cli.reporting.provenance import git_commit, git_modified, machine
 
 SOLVERS = ("adam_reference", "adam", "lbfgs", "fixed_point", "gauss_newton_plain", "newton", "gauss_newton")
 # what `scoregeo bench` runs on each problem without --solvers: the optimisers on the UNet take
@@ -331,8 +333,10 @@ def main(argv: list[str], prog: str = "scoregeo bench") -> int:
                         args.reference, args.unet_adam) if problems else []
     if records:
         print(format_records(records))
-    if "oracle" in args.problems:
-        records = {"solvers": records, "oracle": oracle}
+    if "oracle" in args.problems:  # with where it comes from: the command (its --set overrides), commit, machine
+        provenance = {"command": shlex.join([*prog.split(), *argv]), "commit": git_commit(),
+                      "modified": git_modified(), "machine": machine()}
+        records = {"provenance": provenance, "solvers": records, "oracle": oracle}
     atomic_write_json(Path(args.out), records)
     print(f"\nwritten {args.out}")
     return 0
