@@ -105,3 +105,49 @@ def test_on_the_exact_orbit_score_the_solve_from_lerp_ends_no_higher_than_from_t
     assert all(record["start_independent"]), record["lerp_over_true"]
     for start in ("lerp", "true"):
         assert len(record[start]["energy"]) == 2 and record[start]["score_evals"] <= 400
+
+
+def test_readme_oracle_tables_are_the_records_in_docs_bench():
+    """The README's oracle numbers come from the records in docs/bench: every record there is
+    listed with its command in docs/bench/README.md, and each Newton-CG row of the README's
+    table ("t | pairs (seed) | converged from LERP (Gauss-Newton) | ... | passes per pair
+    (Gauss-Newton)") holds the counts and costs recomputed from its record, with the default's
+    record on the same pairs in brackets where docs/bench has one."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    folder, readme = root / "docs" / "bench", (root / "README.md").read_text()
+    listing = (folder / "README.md").read_text()
+    files = sorted(folder.glob("*.json"))
+    assert len(files) >= 11
+    for path in files:
+        assert f"`{path.name}`" in listing, path.name
+
+    def record(name):
+        (r,) = json.loads((folder / name).read_text())["oracle"]
+        return r
+
+    def cells(r, gn=None):
+        n = r["pairs"]
+        conv = [f"{sum(r[s]['converged'])}/{n}" for s in ("lerp", "true")]
+        passes = f"{round(r['lerp']['network_passes_per_pair']):,}"
+        if gn is not None:
+            assert gn["pairs"] == n and gn["t"] == r["t"] and gn["seed"] == r["seed"]
+            conv = [f"{c} ({sum(gn[s]['converged'])}/{n})" for c, s in zip(conv, ("lerp", "true"))]
+            passes += f" ({round(gn['lerp']['network_passes_per_pair']):,})"
+        return conv, passes
+
+    checked = 0
+    for path in (p for p in folder.glob("oracle_t*_seed*_newton.json") if not p.name.endswith("gauss_newton.json")):
+        r = record(path.name)
+        gn_name = path.name.replace("_newton.json", "_gauss_newton.json")
+        gn = record(gn_name) if (folder / gn_name).exists() else None
+        (conv_lerp, conv_true), passes = cells(r, gn)
+        rows = [line for line in readme.splitlines()
+                if line.strip().startswith(f"| {r['t']} | {r['pairs']} ({r['seed']}) |")]
+        assert len(rows) == 1, (path.name, rows)
+        columns = [c.strip() for c in rows[0].strip().strip("|").split("|")]
+        assert columns[2].startswith(conv_lerp) and columns[3].startswith(conv_true), (path.name, columns)
+        assert columns[6] == passes or columns[6].startswith(passes + " "), (path.name, columns, passes)
+        checked += 1
+    assert checked == 5
