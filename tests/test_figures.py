@@ -77,3 +77,21 @@ def test_rotated_digit_strips_label_each_column_with_its_angle_and_have_a_title(
     header = labelled.shape[0] - bare.shape[0]
     assert header >= 24 and (labelled[:header] < 128).any()  # two lines of dark text above the frames
     assert (labelled[header:, : bare.shape[1]] == bare).all()
+
+
+def test_strip_labels_are_never_cut_by_the_frames(tmp_path):
+    """A row name longer than the default label column (``geodesic_conformal``) widens the
+    column: the frames start right of the whole name, so no frame is pasted over its text."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw, ImageFont
+
+    from scoregeo_cli.reporting.figures import save_strip
+
+    frames = {name: torch.zeros(3, 1, 28, 28) for name in ("truth", "geodesic_conformal")}  # black frames
+    save_strip(frames, tmp_path / "strip.png")
+    image = np.asarray(Image.open(tmp_path / "strip.png").convert("L"))
+    text = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength("geodesic_conformal", font=ImageFont.load_default()))
+    first_frame = int(np.flatnonzero((image[28 + 2: 2 * 28 + 2] == 0).all(axis=0))[0])  # first all-black column
+    assert first_frame >= 4 + text, (first_frame, text)
+    assert image.shape[1] == first_frame + 3 * 28

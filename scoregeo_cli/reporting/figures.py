@@ -131,16 +131,19 @@ def save_strip(rows: dict[str, torch.Tensor], path: Path, split: int | None = No
     times larger (nearest neighbour), a white gap after column ``split`` (interpolation |
     extrapolation). ``columns`` labels each column above its frames (an angle, a fraction of
     the path) and ``title`` heads the strip. NaN frames (a failed extrapolation) are drawn
-    white. Saved as a PNG."""
+    white. The label column is ``label_width`` pixels wide, wider where a row's name needs it.
+    Saved as a PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     line = 14  # pixels per line of text
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = max(label_width, *(int(measure.textlength(name, font=font)) + 8 for name in rows))
     h, w = (s * scale for s in next(iter(rows.values())).shape[-2:])
     width = max(len(v) for v in rows.values())
     x_of = [label_width + c * w + (gap if split is not None and c >= split else 0) for c in range(width)]
     top = (line if title else 0) + (line if columns else 0)
-    title_width = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(title, font=font)) + 8 if title else 0
+    title_width = int(measure.textlength(title, font=font)) + 8 if title else 0
     canvas = Image.new("RGB", (max(x_of[-1] + w, title_width), top + len(rows) * (h + row_gap)), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
